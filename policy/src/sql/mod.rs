@@ -1,0 +1,235 @@
+//! SQL classification: split a query string into statements and say, for
+//! each, what kind it is and which tables and functions it touches.
+//!
+//! Built on `sqlparser` (PostgreSQL and MySQL dialects). The splitter works
+//! on the dialect's tokens, so `;` inside strings, comments, quoted
+//! identifiers and dollar-quoted bodies never splits; every statement is then
+//! parsed on its own and must be consumed completely. One unparsable
+//! statement makes the whole string an error: the caller judges it as
+//! unparsed rather than letting the rest through.
+
+mod classify;
+mod shape;
+mod split;
+
+pub use shape::shape;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The SQL dialect of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL / MariaDB.
+    Mysql,
+}
+
+macro_rules! statement_kinds {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, )+) => {
+        /// What a statement does. Names are lowercase in policy files.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum StatementKind {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl StatementKind {
+            /// Every kind, in declaration order.
+            pub const ALL: &'static [StatementKind] = &[$(StatementKind::$variant),+];
+
+            /// The lowercase name used in policy files.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(StatementKind::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+statement_kinds! {
+    /// `SELECT`, `VALUES`, `WITH ... SELECT`.
+    Select = "select",
+    /// `INSERT` (and MySQL `REPLACE`).
+    Insert = "insert",
+    /// `UPDATE`.
+    Update = "update",
+    /// `DELETE`.
+    Delete = "delete",
+    /// `MERGE`.
+    Merge = "merge",
+    /// Any `CREATE ...` (and `SELECT ... INTO new_table` on PostgreSQL).
+    Create = "create",
+    /// Any `ALTER ...` and `RENAME TABLE`.
+    Alter = "alter",
+    /// Any `DROP ...`.
+    Drop = "drop",
+    /// `TRUNCATE`.
+    Truncate = "truncate",
+    /// `GRANT` and `ALTER DEFAULT PRIVILEGES`.
+    Grant = "grant",
+    /// `REVOKE`.
+    Revoke = "revoke",
+    /// `COPY` (and Hive-style `LOAD DATA ... INTO TABLE`).
+    Copy = "copy",
+    /// `SET ...` (variables, roles, transaction modes, MySQL names).
+    Set = "set",
+    /// `SHOW ...`.
+    Show = "show",
+    /// `BEGIN` / `START TRANSACTION`.
+    Begin = "begin",
+    /// `COMMIT` / `END`.
+    Commit = "commit",
+    /// `ROLLBACK` / `ABORT` (also `ROLLBACK TO SAVEPOINT`).
+    Rollback = "rollback",
+    /// `SAVEPOINT`.
+    Savepoint = "savepoint",
+    /// `RELEASE [SAVEPOINT]`.
+    Release = "release",
+    /// `PREPARE` (the prepared statement's own kinds follow it).
+    Prepare = "prepare",
+    /// `EXECUTE` of a prepared statement.
+    Execute = "execute",
+    /// `DEALLOCATE`.
+    Deallocate = "deallocate",
+    /// `EXPLAIN` (the explained statement's kinds follow only with `ANALYZE`).
+    Explain = "explain",
+    /// `DESCRIBE t` / `EXPLAIN t` (MySQL table description).
+    Describe = "describe",
+    /// `ANALYZE`.
+    Analyze = "analyze",
+    /// `VACUUM`.
+    Vacuum = "vacuum",
+    /// `CALL`.
+    Call = "call",
+    /// PostgreSQL `DO` block (the body is not inspected).
+    Do = "do",
+    /// `LISTEN`.
+    Listen = "listen",
+    /// `NOTIFY`.
+    Notify = "notify",
+    /// `UNLISTEN`.
+    Unlisten = "unlisten",
+    /// `LOCK TABLE` / MySQL `LOCK TABLES`.
+    Lock = "lock",
+    /// MySQL `UNLOCK TABLES`.
+    Unlock = "unlock",
+    /// `USE db`.
+    Use = "use",
+    /// `COMMENT ON`.
+    Comment = "comment",
+    /// `DISCARD`.
+    Discard = "discard",
+    /// `RESET`.
+    Reset = "reset",
+    /// `DECLARE` (cursors).
+    Declare = "declare",
+    /// `FETCH` from a cursor.
+    Fetch = "fetch",
+    /// `CLOSE` a cursor.
+    Close = "close",
+    /// `REFRESH MATERIALIZED VIEW`.
+    Refresh = "refresh",
+    /// MySQL `KILL`.
+    Kill = "kill",
+    /// MySQL `FLUSH`.
+    Flush = "flush",
+    /// Anything else the parser understood.
+    Other = "other",
+}
+
+impl fmt::Display for StatementKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StatementKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StatementKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = StatementKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown statement kind {s:?} (expected one of: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// One classified statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlStatement {
+    /// This statement's own text: the slice of the original string between
+    /// its delimiters, trimmed of surrounding whitespace.
+    pub text: String,
+    /// The statement's kind first, then the kinds of nested data-modifying
+    /// statements (a `DELETE` inside a CTE, the statement of `PREPARE` or of
+    /// `EXPLAIN ANALYZE`), without duplicates.
+    pub kinds: Vec<StatementKind>,
+    /// Every table (or view) named anywhere in the statement, as written
+    /// (schema-qualified when it was), without quotes, without duplicates.
+    pub tables: Vec<String>,
+    /// Every function called anywhere in the statement (including
+    /// table functions in `FROM` and `CALL`), as written, without duplicates.
+    pub functions: Vec<String>,
+    /// `Some` when the statement contains an `UPDATE` or `DELETE`: `false`
+    /// if any of them has no `WHERE` clause.
+    pub has_where: Option<bool>,
+}
+
+impl SqlStatement {
+    /// The statement's own kind (the first of `kinds`).
+    pub fn kind(&self) -> StatementKind {
+        self.kinds.first().copied().unwrap_or(StatementKind::Other)
+    }
+}
+
+/// Why a SQL string could not be classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// The tokenizer rejected the text (unterminated string or comment, ...).
+    #[error("SQL tokenizer error: {0}")]
+    Tokenize(String),
+    /// Statement number `index` (1-based) did not parse.
+    #[error("SQL parse error in statement {index}: {message}")]
+    Parse {
+        /// 1-based position of the statement in the string.
+        index: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// Statement boundaries could not be located in the text.
+    #[error("cannot split the SQL text into statements")]
+    Split,
+}
+
+/// Splits `sql` into statements and classifies each one.
+///
+/// Empty strings, whitespace and comment-only strings give `Ok(vec![])`. An
+/// error in any statement is an error for the whole string.
+pub fn classify(sql: &str, dialect: Dialect) -> Result<Vec<SqlStatement>, SqlError> {
+    let segments = split::split(sql, dialect)?;
+    let mut out = Vec::with_capacity(segments.len());
+    for (i, seg) in segments.into_iter().enumerate() {
+        let text = sql.get(seg.range.clone()).unwrap_or_default().trim();
+        let stmt =
+            classify::statement(seg.tokens, text, dialect).map_err(|message| SqlError::Parse {
+                index: i + 1,
+                message,
+            })?;
+        out.push(stmt);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1238 @@
+//! Policy file validation and decision tests.
+
+use crate::sql::{self, Dialect};
+use crate::*;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const EXAMPLE: &str = include_str!("../examples/policy.toml");
+
+fn parse(text: &str) -> Policy {
+    match Policy::parse(text, "policy.toml") {
+        Ok(p) => p,
+        Err(e) => panic!("unexpected error: {e}\n--- text ---\n{text}"),
+    }
+}
+
+fn err(text: &str) -> String {
+    match Policy::parse(text, "policy.toml") {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn workload() -> Workload {
+    Workload {
+        cgroup: "/system.slice/actions.runner.acme.runner1.service/job-1".into(),
+        unit: Some("actions.runner.acme.runner1.service".into()),
+        exe: Some("/usr/bin/psql".into()),
+        comm: Some("psql".into()),
+        uid: Some(1001),
+        pid: Some(4242),
+        identity: None,
+    }
+}
+
+fn identity(claims: &[(&str, &str)]) -> Identity {
+    Identity {
+        issuer: "https://token.actions.githubusercontent.com".into(),
+        subject: "repo:acme/app:ref:refs/heads/main".into(),
+        claims: claims
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+fn enrolled(claims: &[(&str, &str)]) -> Workload {
+    Workload {
+        identity: Some(identity(claims)),
+        ..workload()
+    }
+}
+
+fn target(protocol: Protocol) -> Target {
+    Target {
+        protocol,
+        addr: "10.1.2.3".parse().unwrap(),
+        port: match protocol {
+            Protocol::Postgres => 5432,
+            Protocol::Mysql => 3306,
+            Protocol::Ssh => 22,
+            Protocol::Http => 80,
+            Protocol::Tcp => 6379,
+        },
+        host: Some("db.internal.example.com".into()),
+        database: Some("app".into()),
+        user: Some("ci".into()),
+    }
+}
+
+fn pg() -> Target {
+    target(Protocol::Postgres)
+}
+
+fn stmt(sql_text: &str) -> SqlStatement {
+    let mut v = sql::classify(sql_text, Dialect::Postgres).unwrap();
+    assert_eq!(v.len(), 1, "{sql_text}");
+    v.remove(0)
+}
+
+/// Decides one SQL statement for `w` on `t`.
+fn decide_sql(p: &Policy, w: &Workload, t: &Target, sql_text: &str) -> Decision {
+    let s = stmt(sql_text);
+    p.decide(w, t, &Operation::Sql(&s))
+}
+
+// ---------------------------------------------------------------- parsing
+
+#[test]
+fn example_policy_parses() {
+    let p = parse(EXAMPLE);
+    let d = p.defaults();
+    assert_eq!(d.decision, Verdict::Allow);
+    assert_eq!(d.unparsed, Verdict::Review);
+    assert_eq!(d.approval_timeout, Duration::from_secs(300));
+    assert_eq!(d.egress, Egress::Deny);
+    assert!(!d.require_identity);
+    assert_eq!(p.intercepts().len(), 4);
+    assert_eq!(
+        p.intercepts()[1],
+        InterceptRule {
+            port: 3306,
+            net: Some("10.0.0.0/8".parse().unwrap()),
+            protocol: Protocol::Mysql
+        }
+    );
+    assert_eq!(p.intercepts()[0].net, None);
+    assert_eq!(p.egress_allow().len(), 2);
+    assert_eq!(
+        p.egress_allow()[1],
+        EgressAllow {
+            port: Some(443),
+            net: None
+        }
+    );
+    let names: Vec<&str> = p.rules().iter().map(|r| r.name()).collect();
+    assert_eq!(names[0], "release-bot");
+    assert!(p.rules()[0].is_final());
+    assert!(p.rules()[1].require_identity());
+    assert_eq!(
+        p.rules()[2].summary(),
+        "protocol=[postgres,mysql] sql.statement=[drop,truncate]"
+    );
+    assert_eq!(p.masker().rules().len(), 2);
+    assert_eq!(p.masker().rules()[0].name(), Some("pii"));
+    assert_eq!(p.masker().rules()[0].detectors().len(), 8);
+    assert!(p.masker().rules()[1].is_conditional());
+}
+
+#[test]
+fn readme_contains_the_example_verbatim() {
+    let readme = include_str!("../README.md");
+    let block = format!("```toml\n{EXAMPLE}```");
+    assert!(
+        readme.contains(&block),
+        "README.md must contain examples/policy.toml verbatim in a ```toml block"
+    );
+    // Every statement kind and detector is documented.
+    for k in StatementKind::ALL {
+        assert!(
+            readme.contains(&format!("`{k}`")),
+            "README lacks statement kind {k}"
+        );
+    }
+    for d in Detector::ALL {
+        assert!(
+            readme.contains(&format!("| `{d}` |")),
+            "README lacks detector {d}"
+        );
+    }
+}
+
+#[test]
+fn example_policy_decides() {
+    let p = parse(EXAMPLE);
+    let w = enrolled(&[("repository", "acme/app"), ("actor", "dev")]);
+    let t = pg();
+    let d = decide_sql(&p, &w, &t, "DROP TABLE users");
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.rule.as_deref(), Some("no-destructive-ddl"));
+    assert_eq!(
+        d.message.as_deref(),
+        Some("DROP and TRUNCATE are not allowed from CI; ask a DBA.")
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"no-destructive-ddl\" matched (protocol=postgres, sql.statement=drop)"
+    );
+    let d = decide_sql(&p, &w, &t, "DELETE FROM orders");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("unbounded-writes-need-approval"))
+    );
+    let d = decide_sql(&p, &w, &t, "DELETE FROM orders WHERE id = 1");
+    assert_eq!((d.verdict, d.rule), (Verdict::Allow, None));
+    let d = decide_sql(&p, &w, &t, "SELECT pg_catalog.pg_read_file('/etc/passwd')");
+    assert_eq!(d.rule.as_deref(), Some("no-server-file-access"));
+    assert_eq!(d.verdict, Verdict::Deny);
+    let d = decide_sql(&p, &w, &t, "SELECT * FROM app_secrets");
+    assert_eq!(d.rule.as_deref(), Some("secrets-are-off-limits"));
+    let d = decide_sql(&p, &w, &t, "DO $$ BEGIN PERFORM 1; END $$");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("opaque-code-needs-approval"))
+    );
+
+    // The final release-bot rule wins over deny rules.
+    let bot = enrolled(&[
+        ("repository", "acme/deploy"),
+        ("actor", "release-bot"),
+        ("ref", "refs/heads/main"),
+    ]);
+    let d = decide_sql(&p, &bot, &t, "DROP TABLE users");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Allow, Some("release-bot"))
+    );
+
+    // Production database without identity.
+    let prod = Target {
+        database: Some("prod_main".into()),
+        ..pg()
+    };
+    let d = p.decide(&workload(), &prod, &Operation::Connect);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("prod-needs-identity"))
+    );
+    assert!(
+        d.reason.starts_with("identity enrollment required"),
+        "{}",
+        d.reason
+    );
+
+    // SSH and HTTP.
+    let ssh = target(Protocol::Ssh);
+    let d = p.decide(&w, &ssh, &Operation::SshCommand("sudo rm -rf /var"));
+    assert_eq!(d.rule.as_deref(), Some("no-root-shell-tricks"));
+    let d = p.decide(
+        &w,
+        &ssh,
+        &Operation::SshCommand("git-receive-pack 'acme/app.git'"),
+    );
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("ssh-writes-need-approval"))
+    );
+    let d = p.decide(
+        &w,
+        &ssh,
+        &Operation::SshCommand("git-upload-pack 'acme/app.git'"),
+    );
+    assert_eq!(d.verdict, Verdict::Allow);
+    let http = target(Protocol::Http);
+    let op = Operation::Http {
+        method: "post",
+        host: "API.internal.example.com:8080",
+        path: "/v1/x",
+    };
+    let d = p.decide(&w, &http, &op);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("http-writes-need-approval"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"http-writes-need-approval\" matched (http.method=POST, http.host=api.internal.example.com)"
+    );
+    let op = Operation::Http {
+        method: "GET",
+        host: "api.internal.example.com",
+        path: "/v1/x",
+    };
+    assert_eq!(p.decide(&w, &http, &op).verdict, Verdict::Allow);
+}
+
+#[test]
+fn empty_file_is_the_builtin_default() {
+    let p = parse("");
+    assert_eq!(p.defaults(), &Defaults::default());
+    assert!(p.rules().is_empty() && p.intercepts().is_empty() && p.masker().is_empty());
+    let d = Policy::default();
+    assert_eq!(d.defaults(), &Defaults::default());
+    let dec = d.decide(&workload(), &pg(), &Operation::Connect);
+    assert_eq!(dec.verdict, Verdict::Allow);
+    assert_eq!(dec.rule, None);
+    assert_eq!(dec.reason, "no rule matched; defaults.decision = allow");
+}
+
+#[test]
+fn policy_is_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<Policy>();
+    assert_send_sync::<mask::ActiveMasks>();
+    let p = parse(EXAMPLE);
+    let q = p.clone();
+    assert!(std::ptr::eq(p.rules().as_ptr(), q.rules().as_ptr()));
+}
+
+#[test]
+fn durations() {
+    let cases = [
+        ("500ms", Duration::from_millis(500)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+    ];
+    for (s, want) in cases {
+        let p = parse(&format!("[defaults]\napproval_timeout = \"{s}\"\n"));
+        assert_eq!(p.defaults().approval_timeout, want, "{s}");
+    }
+}
+
+/// Every validation error, with its exact location.
+#[test]
+fn validation_errors_are_located() {
+    let cases: &[(&str, &str)] = &[
+        // Unknown top-level table.
+        (
+            "[defaults]\ndecision = \"allow\"\n\n[[rules]]\nname = \"x\"\n",
+            "policy.toml:4:3: unknown field `rules`, expected one of `defaults`, `intercept`, `egress_allow`, `rule`, `mask`",
+        ),
+        // Unknown key in [defaults].
+        (
+            "[defaults]\ndecison = \"deny\"\n",
+            "policy.toml:2:1: unknown field `decison`, expected one of `decision`, `unparsed`, `approval_timeout`, `egress`, `require_identity`",
+        ),
+        // Bad enum value.
+        (
+            "[defaults]\ndecision = \"block\"\n",
+            "policy.toml:2:12: unknown variant `block`, expected one of `allow`, `deny`, `review`",
+        ),
+        (
+            "[defaults]\negress = \"review\"\n",
+            "policy.toml:2:10: unknown variant `review`, expected `allow` or `deny`",
+        ),
+        // Wrong type.
+        (
+            "[defaults]\nrequire_identity = \"yes\"\n",
+            "policy.toml:2:20: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "[defaults]\napproval_timeout = 300\n",
+            "policy.toml:2:20: invalid type: integer `300`, expected a string",
+        ),
+        // Bad durations.
+        (
+            "[defaults]\napproval_timeout = \"5 minutes\"\n",
+            "policy.toml:2:20: invalid duration \"5 minutes\" (expected a whole number with a unit: \"500ms\", \"30s\", \"5m\", \"1h\")",
+        ),
+        (
+            "[defaults]\napproval_timeout = \"0s\"\n",
+            "policy.toml:2:20: duration \"0s\" must be greater than zero",
+        ),
+        // Intercepts.
+        (
+            "[[intercept]]\nport = 0\nprotocol = \"postgres\"\n",
+            "policy.toml:2:8: port must be between 1 and 65535, got 0",
+        ),
+        (
+            "[[intercept]]\nport = 70000\nprotocol = \"postgres\"\n",
+            "policy.toml:2:8: port must be between 1 and 65535, got 70000",
+        ),
+        (
+            "[[intercept]]\nport = 5432\nprotocol = \"postgresql\"\n",
+            "policy.toml:3:12: unknown protocol \"postgresql\" (expected one of: tcp, postgres, mysql, ssh, http)",
+        ),
+        (
+            "[[intercept]]\nport = 5432\n",
+            "policy.toml:1:1: missing field `protocol`",
+        ),
+        (
+            "[[intercept]]\nport = 5432\ncidr = \"10.0.0.0/33\"\nprotocol = \"postgres\"\n",
+            "policy.toml:3:8: invalid CIDR \"10.0.0.0/33\" (expected an IPv4/IPv6 address or address/prefix, e.g. \"10.0.0.0/8\")",
+        ),
+        (
+            "[[intercept]]\nport = 5432\nprotocol = \"postgres\"\n\n[[intercept]]\nport = 5432\nprotocol = \"tcp\"\n",
+            "policy.toml:5:1: duplicate [[intercept]] for port 5432 (any address) (first at line 1)",
+        ),
+        (
+            "[[intercept]]\nport = 5432\nprotocol = \"postgres\"\nmode = \"x\"\n",
+            "policy.toml:4:1: unknown field `mode`, expected one of `port`, `cidr`, `protocol`",
+        ),
+        // Egress allow.
+        (
+            "[defaults]\negress = \"deny\"\n\n[[egress_allow]]\n\n[[egress_allow]]\nport = 53\n",
+            "policy.toml:4:1: an [[egress_allow]] entry needs `port`, `cidr` or both",
+        ),
+        (
+            "[[egress_allow]]\nport = 53\ncidr = \"not-an-ip\"\n",
+            "policy.toml:3:8: invalid CIDR \"not-an-ip\" (expected an IPv4/IPv6 address or address/prefix, e.g. \"10.0.0.0/8\")",
+        ),
+        // Rules: structure.
+        (
+            "[[rule]]\ndecision = \"deny\"\n",
+            "policy.toml:1:1: missing field `name`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\n",
+            "policy.toml:1:1: missing field `decision`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nfinal = \"yes\"\n",
+            "policy.toml:4:9: invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\n\n[[rule]]\nname = \"b\"\ndecision = \"allow\"\n\n[[rule]]\nname = \"a\"\ndecision = \"review\"\n",
+            "policy.toml:10:8: duplicate rule name \"a\" (first defined at line 2)",
+        ),
+        (
+            "[[rule]]\nname = \"\"\ndecision = \"deny\"\n",
+            "policy.toml:2:8: rule name must not be empty",
+        ),
+        // Match keys.
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"postgres\", sql.statment = [\"drop\"] }\n",
+            "policy.toml:4:38: unknown field `statment`, expected one of `statement`, `tables`, `functions`, `has_where`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { user = \"x\" }\n",
+            "policy.toml:4:11: unknown field `user`, expected one of `protocol`, `cgroup`, `unit`, `exe`, `comm`, `uid`, `identity`, `target`, `sql`, `ssh`, `http`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"pg\" }\n",
+            "policy.toml:4:22: unknown protocol \"pg\" (expected one of: tcp, postgres, mysql, ssh, http)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = [\"postgres\", \"sql\"] }\n",
+            "policy.toml:4:35: unknown protocol \"sql\" (expected one of: tcp, postgres, mysql, ssh, http)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = 5 }\n",
+            "policy.toml:4:22: invalid type: integer `5`, expected a string or a list of strings",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = [\"ssh\", 5] }\n",
+            "policy.toml:4:30: invalid type: integer `5`, expected a string",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { uid = \"root\" }\n",
+            "policy.toml:4:17: invalid type: string \"root\", expected an integer or a list of integers",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { uid = [0, -1] }\n",
+            "policy.toml:4:21: uid must be between 0 and 4294967295, got -1",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.statement = [] }\n",
+            "policy.toml:4:27: empty list (give at least one value, or remove the key)",
+        ),
+        // The example from the brief: line 12, column 24.
+        (
+            "# policy\n\n[defaults]\ndecision = \"allow\"\n\n[[rule]]\nname = \"no-destructive-ddl\"\ndecision = \"deny\"\n\n[rule.match]\nprotocol = \"postgres\"\nsql.statement = [\"drop\", \"dorp\"]\n",
+            "policy.toml:12:26: unknown statement kind \"dorp\" (expected one of: select, insert, update, delete, merge, create, alter, drop, truncate, grant, revoke, copy, set, show, begin, commit, rollback, savepoint, release, prepare, execute, deallocate, explain, describe, analyze, vacuum, call, do, listen, notify, unlisten, lock, unlock, use, comment, discard, reset, declare, fetch, close, refresh, kill, flush, other)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.has_where = \"no\" }\n",
+            "policy.toml:4:27: invalid type: string \"no\", expected a boolean",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.tables = [\"users\", \"[abc\"] }\n",
+            "policy.toml:4:34: invalid glob \"[abc\": unclosed character class (missing `]`)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { cgroup = \"/system.slice/\\\\\" }\n",
+            "policy.toml:4:20: invalid glob \"/system.slice/\\\\\": dangling escape (`\\` at the end of the pattern)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { ssh.command_regex = \"^git (push\" }\n",
+            "policy.toml:4:31: invalid regex \"^git (push\": unclosed group",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { target.cidr = [\"10.0.0.0/8\", \"300.1.1.1\"] }\n",
+            "policy.toml:4:40: invalid CIDR \"300.1.1.1\" (expected an IPv4/IPv6 address or address/prefix, e.g. \"10.0.0.0/8\")",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { target.port = [5432, 0] }\n",
+            "policy.toml:4:32: port must be between 1 and 65535, got 0",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { target.hostname = \"x\" }\n",
+            "policy.toml:4:18: unknown field `hostname`, expected one of `cidr`, `port`, `host`, `database`, `user`",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { http.method = [\"GET\", \"PO ST\"] }\n",
+            "policy.toml:4:33: invalid HTTP method \"PO ST\"",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.statement = \"drop\", ssh.command = \"rm *\" }\n",
+            "policy.toml:4:35: a rule can use only one of sql.*, ssh.* and http.* (it already uses sql.*; they match different operations)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"ssh\", sql.statement = \"drop\" }\n",
+            "policy.toml:4:29: sql.* can never match: protocol is limited to ssh (sql.* applies to postgres and mysql)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { identity = {} }\n",
+            "policy.toml:4:22: empty identity matcher",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { identity.repository = 5 }\n",
+            "policy.toml:4:33: invalid type: integer `5`, expected a string or a list of strings",
+        ),
+        // Masks.
+        (
+            "[[mask]]\ndetectors = [\"credit_card\", \"ssn\"]\n",
+            "policy.toml:2:29: unknown detector \"ssn\" (expected one of: credit_card, email, us_ssn, iban, phone, aws_access_key, private_key, jwt)",
+        ),
+        (
+            "[[mask]]\nname = \"x\"\n",
+            "policy.toml:1:1: a [[mask]] entry needs `detectors`, `columns` or both",
+        ),
+        (
+            "[[mask]]\ncolumns = [\"pass[\"]\n",
+            "policy.toml:2:12: invalid glob \"pass[\": unclosed character class (missing `]`)",
+        ),
+        (
+            "[[mask]]\ncolumns = [\"password\"]\nmatch = { sql.tables = \"users\" }\n",
+            "policy.toml:3:11: sql.* cannot be used in a [[mask]] match (masks apply to whole connections; allowed keys: protocol, cgroup, unit, exe, comm, uid, identity.*, target.*)",
+        ),
+        (
+            "[[mask]]\ncolumns = [\"password\"]\ndetector = [\"email\"]\n",
+            "policy.toml:3:1: unknown field `detector`, expected one of `name`, `detectors`, `columns`, `match`",
+        ),
+        // TOML syntax.
+        (
+            "[defaults]\ndecision = \"allow\n",
+            "policy.toml:2:18: invalid basic string, expected `\"`",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (text, want) in cases {
+        let got = err(text);
+        if got != *want {
+            failures.push(format!("text:\n{text}\n  want: {want}\n  got:  {got}\n"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------- matchers
+
+/// A policy with one deny rule whose match table is `m`.
+fn one_rule(m: &str) -> Policy {
+    parse(&format!(
+        "[[rule]]\nname = \"r\"\ndecision = \"deny\"\nmatch = {{ {m} }}\n"
+    ))
+}
+
+fn denies(p: &Policy, w: &Workload, t: &Target, op: &Operation<'_>) -> bool {
+    p.decide(w, t, op).verdict == Verdict::Deny
+}
+
+#[test]
+fn workload_and_target_matchers() {
+    let w = workload();
+    let t = pg();
+    let connect = Operation::Connect;
+    let ipv6 = Target {
+        addr: "fd00::5".parse().unwrap(),
+        ..pg()
+    };
+    let mapped = Target {
+        addr: "::ffff:10.1.2.3".parse().unwrap(),
+        ..pg()
+    };
+    let no_host = Target {
+        host: None,
+        database: None,
+        user: None,
+        ..pg()
+    };
+    let anon = Workload {
+        unit: None,
+        exe: None,
+        comm: None,
+        uid: None,
+        ..workload()
+    };
+    // (match table, workload, target, expected deny)
+    let cases: Vec<(&str, &Workload, &Target, bool)> = vec![
+        ("protocol = \"postgres\"", &w, &t, true),
+        ("protocol = [\"mysql\", \"postgres\"]", &w, &t, true),
+        ("protocol = \"mysql\"", &w, &t, false),
+        ("cgroup = \"/system.slice/actions.runner.*\"", &w, &t, true),
+        ("cgroup = \"/user.slice/*\"", &w, &t, false),
+        ("cgroup = [\"/user.slice/*\", \"*/job-?\"]", &w, &t, true),
+        ("unit = \"actions.runner.*.service\"", &w, &t, true),
+        ("unit = \"gitlab-runner.service\"", &w, &t, false),
+        ("unit = \"*\"", &anon, &t, false),
+        ("exe = \"/usr/bin/psql\"", &w, &t, true),
+        ("exe = \"/usr/bin/PSQL\"", &w, &t, false),
+        ("exe = \"/usr/*/p[sq]ql\"", &w, &t, true),
+        ("comm = \"ps?l\"", &w, &t, true),
+        ("comm = \"*\"", &anon, &t, false),
+        ("uid = 1001", &w, &t, true),
+        ("uid = [0, 1001]", &w, &t, true),
+        ("uid = 0", &w, &t, false),
+        ("uid = 1001", &anon, &t, false),
+        ("target.cidr = \"10.0.0.0/8\"", &w, &t, true),
+        ("target.cidr = \"10.1.2.3\"", &w, &t, true),
+        ("target.cidr = \"192.168.0.0/16\"", &w, &t, false),
+        (
+            "target.cidr = [\"192.168.0.0/16\", \"10.1.0.0/16\"]",
+            &w,
+            &t,
+            true,
+        ),
+        ("target.cidr = \"10.0.0.0/8\"", &w, &mapped, true),
+        ("target.cidr = \"fd00::/8\"", &w, &ipv6, true),
+        ("target.cidr = \"10.0.0.0/8\"", &w, &ipv6, false),
+        ("target.port = 5432", &w, &t, true),
+        ("target.port = [3306, 5433]", &w, &t, false),
+        ("target.host = \"*.internal.example.com\"", &w, &t, true),
+        ("target.host = \"*.INTERNAL.example.com\"", &w, &t, true),
+        ("target.host = \"*.prod.example.com\"", &w, &t, false),
+        ("target.host = \"*\"", &w, &no_host, false),
+        ("target.database = \"app\"", &w, &t, true),
+        ("target.database = \"prod*\"", &w, &t, false),
+        ("target.database = \"*\"", &w, &no_host, false),
+        ("target.user = \"ci\"", &w, &t, true),
+        ("target.user = \"postgres\"", &w, &t, false),
+        // AND across keys.
+        (
+            "protocol = \"postgres\", uid = 1001, target.port = 5432",
+            &w,
+            &t,
+            true,
+        ),
+        ("protocol = \"postgres\", uid = 0", &w, &t, false),
+    ];
+    for (m, w, t, want) in cases {
+        let p = one_rule(m);
+        assert_eq!(denies(&p, w, t, &connect), want, "match {{ {m} }}");
+    }
+}
+
+#[test]
+fn identity_matchers() {
+    let t = pg();
+    let w = enrolled(&[
+        ("repository", "acme/app"),
+        ("ref", "refs/heads/main"),
+        ("sha", "0123abcd"),
+        ("run_id", "99"),
+        ("actor", "octocat"),
+        ("workflow", "CI"),
+        (
+            "job_workflow_ref",
+            "acme/app/.github/workflows/ci.yml@refs/heads/main",
+        ),
+    ]);
+    let cases: &[(&str, bool)] = &[
+        ("identity.repository = \"acme/*\"", true),
+        ("identity.repository = \"ACME/*\"", false),
+        ("identity.repository = [\"other/*\", \"acme/app\"]", true),
+        ("identity.ref = \"refs/heads/main\"", true),
+        ("identity.ref = \"refs/tags/*\"", false),
+        ("identity.sha = \"0123*\"", true),
+        ("identity.run_id = \"99\"", true),
+        ("identity.actor = \"octocat\"", true),
+        ("identity.workflow = \"CI\"", true),
+        (
+            "identity.job_workflow_ref = \"acme/app/.github/workflows/*\"",
+            true,
+        ),
+        ("identity.environment = \"*\"", false),
+        (
+            "identity.repository = \"acme/*\", identity.actor = \"someone-else\"",
+            false,
+        ),
+    ];
+    for (m, want) in cases {
+        let p = one_rule(m);
+        assert_eq!(
+            denies(&p, &w, &t, &Operation::Connect),
+            *want,
+            "match {{ {m} }}"
+        );
+        // An identity matcher never matches an unverified workload.
+        assert!(
+            !denies(&p, &workload(), &t, &Operation::Connect),
+            "unverified: {m}"
+        );
+    }
+}
+
+#[test]
+fn sql_matchers() {
+    let w = workload();
+    let t = pg();
+    let cases: &[(&str, &str, bool)] = &[
+        ("sql.statement = \"drop\"", "DROP TABLE x", true),
+        ("sql.statement = \"drop\"", "drop table x", true),
+        (
+            "sql.statement = [\"truncate\", \"drop\"]",
+            "TRUNCATE x",
+            true,
+        ),
+        ("sql.statement = \"delete\"", "SELECT 1", false),
+        (
+            "sql.statement = \"delete\"",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            true,
+        ),
+        (
+            "sql.statement = \"delete\"",
+            "EXPLAIN ANALYZE DELETE FROM t",
+            true,
+        ),
+        ("sql.statement = \"delete\"", "EXPLAIN DELETE FROM t", false),
+        (
+            "sql.statement = \"delete\"",
+            "PREPARE p AS DELETE FROM t",
+            true,
+        ),
+        ("sql.tables = \"users\"", "SELECT * FROM users", true),
+        ("sql.tables = \"users\"", "SELECT * FROM public.users", true),
+        ("sql.tables = \"users\"", "SELECT * FROM \"Users\"", true),
+        (
+            "sql.tables = \"public.users\"",
+            "SELECT * FROM public.users",
+            true,
+        ),
+        (
+            "sql.tables = \"public.*\"",
+            "SELECT * FROM public.users",
+            true,
+        ),
+        (
+            "sql.tables = \"PUBLIC.USERS\"",
+            "select * from public.users",
+            true,
+        ),
+        (
+            "sql.tables = \"users\"",
+            "SELECT * FROM orders WHERE uid IN (SELECT id FROM users)",
+            true,
+        ),
+        (
+            "sql.tables = \"users\"",
+            "SELECT * FROM orders o JOIN users u ON u.id = o.uid",
+            true,
+        ),
+        (
+            "sql.tables = \"users\"",
+            "INSERT INTO audit SELECT * FROM users",
+            true,
+        ),
+        (
+            "sql.tables = \"users\"",
+            "WITH x AS (SELECT * FROM users) SELECT * FROM x",
+            true,
+        ),
+        ("sql.tables = \"users\"", "SELECT * FROM user_roles", false),
+        ("sql.tables = \"user*\"", "SELECT * FROM user_roles", true),
+        (
+            "sql.functions = \"pg_read_file\"",
+            "SELECT pg_read_file('/etc/passwd')",
+            true,
+        ),
+        (
+            "sql.functions = \"pg_read_file\"",
+            "SELECT PG_CATALOG.PG_READ_FILE('/etc/passwd')",
+            true,
+        ),
+        (
+            "sql.functions = \"pg_*\"",
+            "SELECT * FROM t WHERE x = pg_sleep(10)",
+            true,
+        ),
+        (
+            "sql.functions = \"pg_ls_dir\"",
+            "SELECT * FROM pg_ls_dir('.')",
+            true,
+        ),
+        (
+            "sql.tables = \"pg_ls_dir\"",
+            "SELECT * FROM pg_ls_dir('.')",
+            false,
+        ),
+        ("sql.functions = \"lower\"", "SELECT 1", false),
+        ("sql.has_where = false", "DELETE FROM t", true),
+        ("sql.has_where = false", "DELETE FROM t WHERE id = 1", false),
+        (
+            "sql.has_where = true",
+            "UPDATE t SET a = 1 WHERE id = 1",
+            true,
+        ),
+        ("sql.has_where = false", "SELECT * FROM t", false),
+        ("sql.has_where = true", "SELECT * FROM t WHERE a = 1", false),
+        (
+            "sql.statement = \"update\", sql.has_where = false",
+            "UPDATE t SET a = 1",
+            true,
+        ),
+        (
+            "sql.statement = \"update\", sql.tables = \"t\"",
+            "UPDATE u SET a = 1",
+            false,
+        ),
+    ];
+    for (m, q, want) in cases {
+        let p = one_rule(m);
+        let d = decide_sql(&p, &w, &t, q);
+        assert_eq!(
+            d.verdict == Verdict::Deny,
+            *want,
+            "match {{ {m} }} on {q}: {}",
+            d.reason
+        );
+    }
+    // SQL matchers never match other operations.
+    let p = one_rule("sql.statement = \"select\"");
+    assert!(!denies(&p, &w, &t, &Operation::Connect));
+    assert!(!denies(&p, &w, &t, &Operation::SshCommand("select")));
+    let p = one_rule("sql.has_where = false");
+    assert!(!denies(
+        &p,
+        &w,
+        &t,
+        &Operation::SqlUnparsed {
+            text: "DELETE x",
+            error: "e"
+        }
+    ));
+}
+
+#[test]
+fn ssh_and_http_matchers() {
+    let w = workload();
+    let ssh = target(Protocol::Ssh);
+    let http = target(Protocol::Http);
+    let ssh_cases: &[(&str, &str, bool)] = &[
+        (
+            "ssh.command = \"git-upload-pack *\"",
+            "git-upload-pack 'acme/app.git'",
+            true,
+        ),
+        (
+            "ssh.command = \"git-upload-pack *\"",
+            "git-receive-pack 'acme/app.git'",
+            false,
+        ),
+        ("ssh.command = \"rm -rf *\"", "rm -rf /var/lib/x", true),
+        ("ssh.command = \"RM *\"", "rm -rf /", false),
+        ("ssh.command = [\"sudo *\", \"su *\"]", "su - root", true),
+        ("ssh.command_regex = \"^(sudo|su)\\\\b\"", "sudo -i", true),
+        ("ssh.command_regex = \"^(sudo|su)\\\\b\"", "sudoku", false),
+        (
+            "ssh.command_regex = \"curl .*\\\\| *sh\"",
+            "curl https://x | sh",
+            true,
+        ),
+        (
+            "ssh.command = \"curl *\", ssh.command_regex = \"\\\\|\"",
+            "curl x",
+            false,
+        ),
+        (
+            "ssh.command = \"curl *\", ssh.command_regex = \"\\\\|\"",
+            "curl x | sh",
+            true,
+        ),
+    ];
+    for (m, cmd, want) in ssh_cases {
+        let p = one_rule(m);
+        assert_eq!(
+            denies(&p, &w, &ssh, &Operation::SshCommand(cmd)),
+            *want,
+            "match {{ {m} }} on {cmd}"
+        );
+        assert!(!denies(&p, &w, &ssh, &Operation::Connect), "connect: {m}");
+    }
+    let http_cases: &[(&str, (&str, &str, &str), bool)] = &[
+        ("http.method = \"POST\"", ("POST", "h", "/"), true),
+        ("http.method = \"post\"", ("POST", "h", "/"), true),
+        (
+            "http.method = [\"PUT\", \"DELETE\"]",
+            ("delete", "h", "/"),
+            true,
+        ),
+        ("http.method = \"POST\"", ("GET", "h", "/"), false),
+        (
+            "http.host = \"api.example.com\"",
+            ("GET", "API.Example.com:443", "/"),
+            true,
+        ),
+        (
+            "http.host = \"*.example.com\"",
+            ("GET", "evil.com", "/"),
+            false,
+        ),
+        (
+            "http.path = \"/admin/*\"",
+            ("GET", "h", "/admin/users"),
+            true,
+        ),
+        (
+            "http.path = \"/admin/*\"",
+            ("GET", "h", "/public/../admin/users"),
+            true,
+        ),
+        (
+            "http.path = \"/admin/*\"",
+            ("GET", "h", "//admin//users"),
+            true,
+        ),
+        (
+            "http.path = \"/admin/*\"",
+            ("GET", "h", "/%61dmin/users"),
+            true,
+        ),
+        (
+            "http.path = \"/api/users\"",
+            ("GET", "h", "/api/users?id=1"),
+            true,
+        ),
+        (
+            "http.path = \"/admin/*\"",
+            ("GET", "h", "/api/admin/x"),
+            false,
+        ),
+        (
+            "http.method = \"DELETE\", http.path = \"/api/*\"",
+            ("DELETE", "h", "/api/x"),
+            true,
+        ),
+        (
+            "http.method = \"DELETE\", http.path = \"/api/*\"",
+            ("GET", "h", "/api/x"),
+            false,
+        ),
+    ];
+    for (m, (method, host, path), want) in http_cases {
+        let p = one_rule(m);
+        let op = Operation::Http { method, host, path };
+        assert_eq!(
+            denies(&p, &w, &http, &op),
+            *want,
+            "match {{ {m} }} on {method} {host} {path}"
+        );
+        assert!(!denies(&p, &w, &http, &Operation::Connect), "connect: {m}");
+    }
+}
+
+// ---------------------------------------------------------------- precedence
+
+const PRECEDENCE: &str = r#"
+[defaults]
+decision = "review"
+unparsed = "review"
+
+[[rule]]
+name = "allow-selects"
+decision = "allow"
+match = { sql.statement = "select" }
+
+[[rule]]
+name = "review-users"
+decision = "review"
+match = { sql.tables = "users" }
+
+[[rule]]
+name = "deny-secrets"
+decision = "deny"
+message = "no secrets"
+match = { sql.tables = "secrets" }
+
+[[rule]]
+name = "deny-secrets-again"
+decision = "deny"
+match = { sql.tables = "secrets" }
+
+[[rule]]
+name = "trusted-final"
+decision = "allow"
+final = true
+match = { identity.repository = "acme/trusted" }
+
+[[rule]]
+name = "later-final"
+decision = "deny"
+final = true
+match = { identity.repository = "acme/*" }
+
+[[rule]]
+name = "deny-mysql"
+decision = "deny"
+match = { protocol = "mysql" }
+"#;
+
+#[test]
+fn precedence() {
+    let p = parse(PRECEDENCE);
+    let w = workload();
+    let t = pg();
+    // Only one rule matches.
+    let d = decide_sql(&p, &w, &t, "SELECT 1");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Allow, Some("allow-selects"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"allow-selects\" matched (sql.statement=select)"
+    );
+    // Strictest wins: review over allow.
+    let d = decide_sql(&p, &w, &t, "SELECT * FROM users");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("review-users"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"review-users\" matched (sql.tables=users); strictest of 2 matching rules"
+    );
+    // Strictest wins: deny over review and allow; tie → first in file.
+    let d = decide_sql(&p, &w, &t, "SELECT * FROM users JOIN secrets ON true");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("deny-secrets"))
+    );
+    assert_eq!(d.message.as_deref(), Some("no secrets"));
+    assert!(
+        d.reason.ends_with("strictest of 4 matching rules"),
+        "{}",
+        d.reason
+    );
+    // No rule → defaults.decision.
+    let d = decide_sql(&p, &w, &t, "INSERT INTO t VALUES (1)");
+    assert_eq!((d.verdict, d.rule.as_deref()), (Verdict::Review, None));
+    assert_eq!(d.reason, "no rule matched; defaults.decision = review");
+    // A final rule decides even against stricter rules...
+    let trusted = enrolled(&[("repository", "acme/trusted")]);
+    let d = decide_sql(&p, &trusted, &t, "SELECT * FROM secrets");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Allow, Some("trusted-final"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"trusted-final\" matched (identity.repository=acme/trusted) and is final"
+    );
+    // ...and the FIRST matching final rule wins over a later final rule.
+    let d = p.decide(&trusted, &t, &Operation::Connect);
+    assert_eq!(d.rule.as_deref(), Some("trusted-final"));
+    let other = enrolled(&[("repository", "acme/other")]);
+    let d = p.decide(&other, &t, &Operation::Connect);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("later-final"))
+    );
+    // Connect: rules with sql.* keys never match it.
+    let d = p.decide(&w, &t, &Operation::Connect);
+    assert_eq!((d.verdict, d.rule), (Verdict::Review, None));
+    let d = p.decide(&w, &target(Protocol::Mysql), &Operation::Connect);
+    assert_eq!(d.rule.as_deref(), Some("deny-mysql"));
+}
+
+#[test]
+fn unparsed_sql() {
+    let base = r#"
+[defaults]
+decision = "allow"
+unparsed = "review"
+"#;
+    let w = workload();
+    let t = pg();
+    let op = Operation::SqlUnparsed {
+        text: "FROBNICATE t",
+        error: "Expected: an SQL statement",
+    };
+    // Only defaults.unparsed.
+    let p = parse(base);
+    let d = p.decide(&w, &t, &op);
+    assert_eq!((d.verdict, d.rule.as_deref()), (Verdict::Review, None));
+    assert_eq!(
+        d.reason,
+        "SQL could not be classified (Expected: an SQL statement); defaults.unparsed = review"
+    );
+    // An allow rule without sql.* matches but is less strict than unparsed.
+    let p = parse(&format!(
+        "{base}\n[[rule]]\nname = \"pg-ok\"\ndecision = \"allow\"\nmatch = {{ protocol = \"postgres\" }}\n"
+    ));
+    assert_eq!(p.decide(&w, &t, &op).verdict, Verdict::Review);
+    // A deny rule without sql.* is stricter: it decides.
+    let p = parse(&format!(
+        "{base}\n[[rule]]\nname = \"uid-1001\"\ndecision = \"deny\"\nmatch = {{ uid = 1001 }}\n"
+    ));
+    let d = p.decide(&w, &t, &op);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("uid-1001"))
+    );
+    // A rule with sql.* keys cannot match unparsed SQL, even a catch-all.
+    let p = parse(&format!(
+        "{base}\n[[rule]]\nname = \"deny-drop\"\ndecision = \"deny\"\nmatch = {{ sql.tables = \"*\" }}\n"
+    ));
+    assert_eq!(p.decide(&w, &t, &op).verdict, Verdict::Review);
+    // unparsed = "deny" beats an allow rule.
+    let p = parse(
+        "[defaults]\nunparsed = \"deny\"\n\n[[rule]]\nname = \"all\"\ndecision = \"allow\"\n",
+    );
+    assert_eq!(p.decide(&w, &t, &op).verdict, Verdict::Deny);
+    // A matching final rule still decides.
+    let p = parse(&format!(
+        "{base}\n[[rule]]\nname = \"trusted\"\ndecision = \"allow\"\nfinal = true\nmatch = {{ uid = 1001 }}\n"
+    ));
+    let d = p.decide(&w, &t, &op);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Allow, Some("trusted"))
+    );
+}
+
+#[test]
+fn require_identity() {
+    let t = pg();
+    let anon = workload();
+    let known = enrolled(&[("repository", "acme/app")]);
+    // defaults.require_identity applies to every operation, Connect included.
+    let p = parse("[defaults]\nrequire_identity = true\n");
+    let s = stmt("SELECT 1");
+    for op in [
+        Operation::Connect,
+        Operation::Sql(&s),
+        Operation::SshCommand("ls"),
+        Operation::SqlUnparsed {
+            text: "x",
+            error: "y",
+        },
+    ] {
+        let d = p.decide(&anon, &t, &op);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.rule.as_deref(), Some("defaults.require_identity"));
+        assert!(
+            d.reason.starts_with("identity enrollment required"),
+            "{}",
+            d.reason
+        );
+        let d = p.decide(&known, &t, &op);
+        assert_ne!(d.rule.as_deref(), Some("defaults.require_identity"));
+        assert_ne!(d.verdict, Verdict::Deny);
+    }
+    // Rule-level: only when the rule matches.
+    let p = parse(
+        r#"
+[[rule]]
+name = "trusted-first"
+decision = "allow"
+final = true
+match = { uid = 1001 }
+
+[[rule]]
+name = "prod"
+decision = "allow"
+require_identity = true
+message = "enroll first"
+match = { target.database = "prod" }
+"#,
+    );
+    let prod = Target {
+        database: Some("prod".into()),
+        ..pg()
+    };
+    let d = p.decide(&anon, &prod, &Operation::Connect);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("prod"))
+    );
+    assert_eq!(d.message.as_deref(), Some("enroll first"));
+    assert_eq!(
+        d.reason,
+        "identity enrollment required: rule \"prod\" matched (target.database=prod) and requires a verified workload identity"
+    );
+    // Identity requirements hold even against an earlier final rule.
+    let d = decide_sql(&p, &anon, &prod, "SELECT 1");
+    assert_eq!(d.verdict, Verdict::Deny);
+    // Verified: normal precedence (the final rule).
+    let d = p.decide(&known, &prod, &Operation::Connect);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Allow, Some("trusted-first"))
+    );
+    // Rule does not match: no requirement.
+    assert_eq!(
+        p.decide(&anon, &pg(), &Operation::Connect).verdict,
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn decision_serializes_lowercase() {
+    let d = Decision {
+        verdict: Verdict::Review,
+        rule: Some("r".into()),
+        message: None,
+        reason: "x".into(),
+    };
+    let json = serde_json::to_string(&d).unwrap();
+    assert_eq!(
+        json,
+        r#"{"verdict":"review","rule":"r","message":null,"reason":"x"}"#
+    );
+    let t = pg();
+    let json = serde_json::to_value(&t).unwrap();
+    assert_eq!(json["protocol"], "postgres");
+    let addr: IpAddr = "10.1.2.3".parse().unwrap();
+    assert_eq!(json["addr"], addr.to_string());
+}
+
+#[test]
+fn masks_for_context() {
+    let p = parse(EXAMPLE);
+    let t = pg();
+    let m = p.masker();
+    assert!(!m.is_empty());
+    let dev = m.for_context(&enrolled(&[("repository", "acme/app")]), &t);
+    assert!(!dev.is_empty());
+    assert!(dev.column_masked("password_hash"));
+    assert!(dev.column_masked("API_TOKEN"));
+    assert!(dev.column_masked("SSN"));
+    assert!(!dev.column_masked("email"));
+    let contractor = m.for_context(&enrolled(&[("repository", "contractors/site")]), &t);
+    assert!(contractor.column_masked("email"));
+    assert!(contractor.column_masked("Phone_Number"));
+    // No masks at all for an empty policy.
+    let none = Policy::default().masker().for_context(&workload(), &t);
+    assert!(none.is_empty());
+    assert_eq!(
+        none.mask_cell(false, CellKind::Text, "4111111111111111"),
+        None
+    );
+}
+
+#[test]
+fn mask_match_on_target() {
+    let p = parse(
+        "[[mask]]\ncolumns = [\"*\"]\nmatch = { protocol = \"mysql\", target.database = \"crm\" }\n",
+    );
+    let crm = Target {
+        database: Some("crm".into()),
+        ..target(Protocol::Mysql)
+    };
+    assert!(
+        p.masker()
+            .for_context(&workload(), &crm)
+            .column_masked("anything")
+    );
+    assert!(p.masker().for_context(&workload(), &pg()).is_empty());
+}
