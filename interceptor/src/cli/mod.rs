@@ -1,0 +1,237 @@
+//! Command-line interface: the daemon (`run`) and the operator commands.
+
+mod approvals;
+mod output;
+mod policy_cmd;
+mod sessions;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::control::client::Client;
+use crate::control::{AttachResult, CgroupSelector, Request, Status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "interceptor",
+    version,
+    about = "Policy, masking, approval and recording gate for the database, SSH and HTTP connections of agents in attached cgroups",
+    long_about = "interceptor redirects outbound connections of processes in attached cgroups (eBPF cgroup/connect hooks) to a local proxy that identifies the workload, decides per command from a policy file, masks sensitive values, records every command to SQLite before forwarding it, and connects to the original destination.\n\nRun the daemon with `interceptor run`; everything else talks to it over the control socket or reads its database."
+)]
+pub struct Cli {
+    /// Daemon configuration file.
+    #[arg(long, global = true, env = "INTERCEPTOR_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Control socket (default: from the config file, else /run/interceptor/control.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Database (default: from the config file, else /var/lib/interceptor/interceptor.db).
+    #[arg(long, global = true, value_name = "PATH")]
+    db: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: load and pin the eBPF programs, serve the proxy and the control socket.
+    Run {
+        /// Log format on stderr.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Attach a cgroup: its processes' intercepted connections go through the proxy.
+    Attach(#[command(flatten)] Target),
+    /// Detach a cgroup: its processes connect directly again.
+    Detach(#[command(flatten)] Target),
+    /// Show the daemon's attachments, intercept rules, live sessions and counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List and inspect recorded sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
+    /// List, approve, deny and watch commands held for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals::ApprovalsCommand,
+    },
+    /// Check a decision against a policy file, or reload the daemon's policy.
+    Policy {
+        #[command(subcommand)]
+        command: policy_cmd::PolicyCommand,
+    },
+    /// Install the binary, the systemd unit and a default configuration, and start the service.
+    Install(crate::install::InstallArgs),
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct Target {
+    /// cgroup path, relative to the cgroup2 root (/system.slice/x.service) or absolute under its mount.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<String>,
+    /// systemd unit whose cgroup to use (e.g. actions.runner.acme.runner1.service).
+    #[arg(long, value_name = "NAME")]
+    unit: Option<String>,
+    /// Use the cgroup this process is in.
+    #[arg(long, value_name = "PID")]
+    pid: Option<u32>,
+}
+
+impl From<Target> for CgroupSelector {
+    fn from(t: Target) -> Self {
+        CgroupSelector {
+            cgroup: t.cgroup,
+            unit: t.unit,
+            pid: t.pid,
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Paths the CLI needs, from flags, then the config file, then defaults.
+pub(crate) struct Paths {
+    pub socket: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config> {
+        Ok(Config::load_or_default(self.config.as_deref())?)
+    }
+
+    fn paths(&self) -> Result<Paths> {
+        let cfg = self.config()?;
+        Ok(Paths {
+            socket: self.socket.clone().unwrap_or(cfg.control_socket),
+            db: self.db.clone().unwrap_or(cfg.database),
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("interceptor: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Run { log_format } => {
+            init_tracing(*log_format);
+            let path = cli
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+            let config = Config::load(&path)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("interceptor")
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(crate::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attach(_) | Command::Detach(_) => {
+            let paths = cli.paths()?;
+            let (req, verb) = match cli.command {
+                Command::Attach(t) => (Request::Attach(t.into()), "attached"),
+                Command::Detach(t) => (Request::Detach(t.into()), "detached"),
+                _ => unreachable!("matched above"),
+            };
+            let data = Client::connect(&paths.socket)?.call(&req)?;
+            let r: AttachResult =
+                serde_json::from_value(data).context("reading the daemon's answer")?;
+            if verb == "detached" && !r.changed {
+                println!("{} was not attached", r.cgroup);
+            } else {
+                println!("{verb} {} (cgroup id {})", r.cgroup, r.cgroup_id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let paths = cli.paths()?;
+            let data = Client::connect(&paths.socket)?.call(&Request::Status)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+            } else {
+                let s: Status =
+                    serde_json::from_value(data).context("reading the daemon's answer")?;
+                output::print_status(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sessions { command } => {
+            let paths = cli.paths()?;
+            sessions::run(command, &paths)
+        }
+        Command::Approvals { command } => {
+            let paths = cli.paths()?;
+            approvals::run(command, &paths)
+        }
+        Command::Policy { command } => {
+            let paths = cli.paths()?;
+            let policy_path = cli.config()?.policy;
+            policy_cmd::run(command, &paths, policy_path)
+        }
+        Command::Install(args) => {
+            crate::install::run(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("INTERCEPTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    // aya-log (kernel-side log lines) and aya itself use the log crate.
+    let _ = tracing_log::LogTracer::init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn attach_needs_exactly_one_target() {
+        assert!(Cli::try_parse_from(["interceptor", "attach"]).is_err());
+        assert!(
+            Cli::try_parse_from(["interceptor", "attach", "--cgroup", "/a", "--pid", "1"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["interceptor", "attach", "--pid", "1"]).is_ok());
+    }
+}

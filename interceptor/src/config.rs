@@ -1,0 +1,436 @@
+//! The daemon configuration file (`/etc/interceptor/interceptor.toml`).
+//!
+//! This file says *where* things live and how the daemon runs; *what* is
+//! intercepted and decided lives in the policy file it points to (see
+//! `policy/README.md`). Every path can be overridden here, so tests and
+//! unusual hosts never need the defaults. The reference for every key is the
+//! "Configuration" section of the README; keep the two in step.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/interceptor/interceptor.toml";
+pub const DEFAULT_POLICY_PATH: &str = "/etc/interceptor/policy.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/interceptor";
+pub const DEFAULT_DATABASE: &str = "/var/lib/interceptor/interceptor.db";
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/interceptor/control.sock";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/interceptor";
+pub const DEFAULT_PROXY_PORT: u16 = 15001;
+/// SO_MARK put on every socket the daemon opens; the eBPF programs never
+/// redirect or refuse a socket carrying it.
+pub const DEFAULT_SOCKET_MARK: u32 = 0x1c7e_0001;
+
+/// The configuration file as written by the operator.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    approvals: RawApprovals,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_dir: Option<PathBuf>,
+    upstream_verify: Option<bool>,
+    upstream_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<u32>,
+}
+
+/// TLS interception settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Where the local CA lives (`ca.pem`, `ca.key`).
+    pub ca_dir: PathBuf,
+    /// Verify upstream server certificates (system roots + upstream_ca_file).
+    pub upstream_verify: bool,
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+/// Bounds on what clients and servers may send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest protocol message accepted (a longer length field ends the session).
+    pub max_message_bytes: u32,
+}
+
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 << 20;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApprovals {
+    command: Option<Vec<String>>,
+    webhook: Option<String>,
+    notify_timeout: Option<String>,
+}
+
+/// How new approval requests are announced (besides `approvals watch`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApprovalConfig {
+    /// Program and arguments run for each new request, the request as JSON on stdin.
+    pub command: Option<Vec<String>>,
+    /// URL that receives each new request as a JSON POST.
+    pub webhook: Option<String>,
+    pub notify_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    policy: Option<PathBuf>,
+    proxy_port: Option<u16>,
+    state_dir: Option<PathBuf>,
+    database: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    control_group: Option<String>,
+    bpf_pin_dir: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+    socket_mark: Option<u32>,
+    sync: Option<SyncMode>,
+    upstream_connect_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+/// How hard SQLite works to make a commit survive. `full` survives power
+/// loss; `normal` survives a daemon crash (WAL) and is faster.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    #[default]
+    Full,
+    Normal,
+}
+
+/// The resolved daemon configuration: every field has its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from (None: built-in defaults).
+    pub source: Option<PathBuf>,
+    pub policy: PathBuf,
+    pub proxy_port: u16,
+    pub state_dir: PathBuf,
+    pub database: PathBuf,
+    pub control_socket: PathBuf,
+    /// Unix group (besides root) allowed to use the control socket.
+    pub control_group: Option<String>,
+    pub bpf_pin_dir: PathBuf,
+    /// The cgroup2 mount; None = detect from /proc/self/mountinfo.
+    pub cgroup_root: Option<PathBuf>,
+    pub socket_mark: u32,
+    pub sync: SyncMode,
+    pub upstream_connect_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub approvals: ApprovalConfig,
+    pub tls: TlsConfig,
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            policy: DEFAULT_POLICY_PATH.into(),
+            proxy_port: DEFAULT_PROXY_PORT,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            database: DEFAULT_DATABASE.into(),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
+            control_group: None,
+            bpf_pin_dir: DEFAULT_PIN_DIR.into(),
+            cgroup_root: None,
+            socket_mark: DEFAULT_SOCKET_MARK,
+            sync: SyncMode::Full,
+            upstream_connect_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            approvals: ApprovalConfig {
+                command: None,
+                webhook: None,
+                notify_timeout: Duration::from_secs(10),
+            },
+            tls: TlsConfig {
+                ca_dir: PathBuf::from(DEFAULT_STATE_DIR).join("ca"),
+                upstream_verify: false,
+                upstream_ca_file: None,
+            },
+            limits: Limits {
+                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file. Relative paths inside it are
+    /// resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Loads `path` if it exists; the built-in defaults if the default path
+    /// is missing. A missing file that was named explicitly is an error.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(p) => Self::load(p),
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                if p.exists() {
+                    Self::load(p)
+                } else {
+                    Ok(Config::default())
+                }
+            }
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let d = raw.daemon;
+        let defaults = Config::default();
+        let invalid = |key: &str, message: String| {
+            let (line, column) = find_key(text, key);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            }
+        };
+        let state_dir = d.state_dir.map(resolve).unwrap_or(defaults.state_dir);
+        let database = d
+            .database
+            .map(resolve)
+            .unwrap_or_else(|| state_dir.join("interceptor.db"));
+        let proxy_port = d.proxy_port.unwrap_or(defaults.proxy_port);
+        if proxy_port == 0 {
+            return Err(invalid(
+                "proxy_port",
+                "daemon.proxy_port must be between 1 and 65535".into(),
+            ));
+        }
+        let parse_dur = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => parse_duration(&s).ok_or_else(|| {
+                invalid(
+                    key,
+                    format!(
+                        "daemon.{key}: invalid duration {s:?} (use e.g. \"500ms\", \"10s\", \"5m\")"
+                    ),
+                )
+            }),
+        };
+        let max_message_bytes = raw
+            .limits
+            .max_message_bytes
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        if max_message_bytes < 1024 {
+            return Err(invalid(
+                "max_message_bytes",
+                "limits.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        let tls = TlsConfig {
+            ca_dir: raw
+                .tls
+                .ca_dir
+                .map(resolve)
+                .unwrap_or_else(|| state_dir.join("ca")),
+            upstream_verify: raw.tls.upstream_verify.unwrap_or(false),
+            upstream_ca_file: raw.tls.upstream_ca_file.map(resolve),
+        };
+        Ok(Config {
+            tls,
+            limits: Limits { max_message_bytes },
+            source: Some(path.to_path_buf()),
+            policy: d.policy.map(resolve).unwrap_or(defaults.policy),
+            proxy_port,
+            state_dir,
+            database,
+            control_socket: d
+                .control_socket
+                .map(resolve)
+                .unwrap_or(defaults.control_socket),
+            control_group: d.control_group.filter(|g| !g.is_empty()),
+            bpf_pin_dir: d.bpf_pin_dir.map(resolve).unwrap_or(defaults.bpf_pin_dir),
+            cgroup_root: d.cgroup_root.map(resolve),
+            socket_mark: d.socket_mark.unwrap_or(defaults.socket_mark),
+            sync: d.sync.unwrap_or_default(),
+            upstream_connect_timeout: parse_dur(
+                "upstream_connect_timeout",
+                d.upstream_connect_timeout,
+                defaults.upstream_connect_timeout,
+            )?,
+            shutdown_grace: parse_dur("shutdown_grace", d.shutdown_grace, defaults.shutdown_grace)?,
+            approvals: ApprovalConfig {
+                command: match raw.approvals.command {
+                    Some(c) if c.is_empty() => {
+                        return Err(invalid("command", "approvals.command: give the program and its arguments, e.g. [\"/usr/local/bin/notify\", \"--channel\", \"ops\"]".into()));
+                    }
+                    c => c,
+                },
+                webhook: match raw.approvals.webhook {
+                    Some(w) if !(w.starts_with("http://") || w.starts_with("https://")) => {
+                        return Err(invalid(
+                            "webhook",
+                            format!("approvals.webhook: {w:?} is not an http:// or https:// URL"),
+                        ));
+                    }
+                    w => w,
+                },
+                notify_timeout: match raw.approvals.notify_timeout {
+                    None => defaults.approvals.notify_timeout,
+                    Some(s) => parse_duration(&s).ok_or_else(|| {
+                        invalid(
+                            "notify_timeout",
+                            format!("approvals.notify_timeout: invalid duration {s:?}"),
+                        )
+                    })?,
+                },
+            },
+        })
+    }
+}
+
+/// Parses "500ms", "10s", "5m", "1h".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
+    (line, column)
+}
+
+/// Position of `key =` in the file, for errors found after deserialising.
+fn find_key(text: &str, key: &str) -> (usize, usize) {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            let col = line.len() - trimmed.len();
+            return line_col(text, offset + col);
+        }
+        offset += line.len();
+    }
+    (1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_empty() {
+        let c = Config::parse("", Path::new("/etc/interceptor/interceptor.toml")).unwrap();
+        assert_eq!(c.proxy_port, DEFAULT_PROXY_PORT);
+        assert_eq!(c.database, Path::new(DEFAULT_DATABASE));
+        assert_eq!(c.sync, SyncMode::Full);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_file() {
+        let c = Config::parse(
+            "[daemon]\npolicy = \"p.toml\"\nstate_dir = \"state\"\n",
+            Path::new("/tmp/x/interceptor.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.policy, Path::new("/tmp/x/p.toml"));
+        assert_eq!(c.database, Path::new("/tmp/x/state/interceptor.db"));
+    }
+
+    #[test]
+    fn unknown_field_names_line() {
+        let err = Config::parse("[daemon]\nproxy_port = 1\nbogus = 2\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:3:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let err = Config::parse("[daemon]\n\nproxy_port = \"x\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_port() {
+        let err = Config::parse("[daemon]\nshutdown_grace = \"ten\"\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml:2:1:"), "{err}");
+        let err = Config::parse("[daemon]\nproxy_port = 0\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("proxy_port"), "{err}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}

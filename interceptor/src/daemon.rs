@@ -1,0 +1,582 @@
+//! `interceptor run`: the daemon.
+//!
+//! Start-up order matters for failing closed: the programs are loaded and
+//! the rule tables written with proxy port 0 (intercepted connects refused)
+//! until the listener is bound; only then is the real port published.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::unix::AsyncFd;
+use tracing::{error, info, warn};
+
+use crate::approval::{Approvals, Resolution};
+use crate::config::Config;
+use crate::control::{self, AttachResult, CgroupSelector, InterceptInfo, Status};
+use crate::identity::CgroupPaths;
+use crate::proxy::gate::SqlCache;
+use crate::proxy::tls::{self, LocalCa};
+use crate::proxy::{self, ProxyCounters, Sessions};
+use crate::record::{self, Recorder, WriteOp, store};
+use crate::redirect::cgroup::is_within;
+use crate::redirect::{Cgroup2, OriginTable, RedirectOptions, Redirector};
+
+/// State shared by the proxy and the control socket.
+pub struct Shared {
+    pub config: Config,
+    policy: RwLock<Arc<policy::Policy>>,
+    pub recorder: Recorder,
+    redirector: Mutex<Redirector>,
+    pub origins: OriginTable,
+    pub cgroup: Cgroup2,
+    pub paths: CgroupPaths,
+    pub sessions: Sessions,
+    pub counters: ProxyCounters,
+    pub started_at: String,
+    /// The daemon's own cgroup: never attachable.
+    own_cgroup: Option<String>,
+    pub approvals: Approvals,
+    pub sql_cache: SqlCache,
+    /// Local CA for terminating client TLS.
+    pub tls: Arc<LocalCa>,
+    /// Client configuration for TLS to original destinations.
+    pub upstream_tls: Arc<rustls::ClientConfig>,
+}
+
+impl Shared {
+    pub fn policy(&self) -> Arc<policy::Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Re-reads the policy file; on success swaps it in (and rewrites the
+    /// kernel rule tables), on error keeps the current one.
+    pub fn reload_policy(&self) -> Result<String> {
+        let new = load_policy(&self.config.policy)?;
+        {
+            let mut r = self
+                .redirector
+                .lock()
+                .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?;
+            r.apply_rules(
+                new.intercepts(),
+                new.egress_allow(),
+                new.defaults().egress == policy::Egress::Deny,
+                self.config.proxy_port,
+            )?;
+        }
+        let summary = format!(
+            "{} rules, {} intercept rules, {} mask rules",
+            new.rules().len(),
+            new.intercepts().len(),
+            new.masker().rules().len()
+        );
+        match self.policy.write() {
+            Ok(mut p) => *p = Arc::new(new),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(new),
+        }
+        info!(policy = %self.config.policy.display(), %summary, "policy reloaded");
+        Ok(summary)
+    }
+
+    /// True when `pid` lives in an attached cgroup (or below one).
+    pub fn pid_is_attached(&self, pid: u32) -> Option<String> {
+        let cg = self.cgroup.of_pid(pid).ok()?;
+        self.attached_paths()
+            .into_iter()
+            .find(|a| is_within(&cg, a))
+            .map(|_| cg)
+    }
+
+    /// An approver's decision on a pending request.
+    pub async fn decide_approval(
+        &self,
+        id: i64,
+        approve: bool,
+        reason: Option<String>,
+        scope_minutes: Option<u32>,
+        peer: control::server::Peer,
+    ) -> Result<serde_json::Value> {
+        if let Some(pid) = peer.pid
+            && let Some(cg) = self.pid_is_attached(pid)
+        {
+            bail!(
+                "refused: this request comes from inside an attached cgroup ({cg}); an agent cannot approve its own commands"
+            );
+        }
+        let conn = store::open_ro(&self.config.database)?;
+        let row = store::get_approval(&conn, id)?
+            .with_context(|| format!("no approval request with id {id}"))?;
+        drop(conn);
+        if row.status != "pending" {
+            let by = row
+                .decided_by
+                .as_deref()
+                .map(|b| format!(" by {b}"))
+                .unwrap_or_default();
+            let when = row
+                .decided_at
+                .as_deref()
+                .map(|t| format!(" at {t}"))
+                .unwrap_or_default();
+            bail!("approval request {id} is already {}{by}{when}", row.status);
+        }
+        if !approve && scope_minutes.is_some() {
+            bail!("--for only applies to approvals");
+        }
+        let by_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| format!("uid {}", peer.uid));
+        let at = record::now_rfc3339();
+        let resolution = Resolution {
+            approved: approve,
+            by_uid: peer.uid,
+            by_name: by_name.clone(),
+            reason: reason.clone(),
+            scope_minutes,
+            at: at.clone(),
+        };
+        if !self.approvals.resolve(id, resolution) {
+            bail!(
+                "approval request {id} is no longer pending (it timed out or its session ended at {})",
+                record::now_rfc3339()
+            );
+        }
+        let status = if approve { "approved" } else { "denied" };
+        self.recorder
+            .commit(WriteOp::ApprovalDecided {
+                id,
+                status,
+                at: at.clone(),
+                by_uid: peer.uid,
+                by: by_name.clone(),
+                reason,
+                scope_minutes,
+            })
+            .await?;
+        info!(approval = id, by = %by_name, %status, "approval decided");
+        Ok(serde_json::json!({ "id": id, "status": status, "by": by_name, "at": at }))
+    }
+
+    pub fn attached_paths(&self) -> Vec<String> {
+        match self.redirector.lock() {
+            Ok(r) => r.attached().map(|a| a.path.clone()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn select(&self, sel: &CgroupSelector) -> Result<String> {
+        let path = match (&sel.cgroup, &sel.unit, sel.pid) {
+            (Some(c), None, None) => self.cgroup.normalise(c)?,
+            (None, Some(u), None) => self.cgroup.of_unit(u)?,
+            (None, None, Some(p)) => self.cgroup.of_pid(p)?,
+            _ => bail!("name exactly one of --cgroup, --unit or --pid"),
+        };
+        Ok(path)
+    }
+
+    pub async fn attach(
+        &self,
+        sel: &CgroupSelector,
+        peer: control::server::Peer,
+    ) -> Result<AttachResult> {
+        let path = self.select(sel)?;
+        if path == "/" {
+            bail!(
+                "refusing to attach the root cgroup: that would intercept every process on the host, the daemon included; attach the agent's own cgroup"
+            );
+        }
+        if let Some(own) = &self.own_cgroup
+            && is_within(own, &path)
+        {
+            bail!(
+                "refusing to attach {path}: the interceptor daemon itself runs in {own}; move the agent into a cgroup of its own"
+            );
+        }
+        let attached = {
+            let mut r = self
+                .redirector
+                .lock()
+                .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?;
+            r.attach(&path)?
+        };
+        self.paths.remember(attached.id, &attached.path);
+        self.recorder
+            .commit(WriteOp::Attach {
+                cgroup_id: attached.id,
+                cgroup_path: attached.path.clone(),
+                at: record::now_rfc3339(),
+                by_uid: Some(peer.uid),
+            })
+            .await?;
+        info!(cgroup = %attached.path, id = attached.id, "attached");
+        Ok(AttachResult {
+            cgroup_id: attached.id,
+            cgroup: attached.path,
+            changed: true,
+        })
+    }
+
+    pub async fn detach(&self, sel: &CgroupSelector) -> Result<AttachResult> {
+        let path = self.select(sel)?;
+        // The cgroup may already be gone; then find its id by path.
+        let id = match self.cgroup.id_of(&path) {
+            Ok(id) => id,
+            Err(_) => self
+                .redirector
+                .lock()
+                .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?
+                .attached()
+                .find(|a| a.path == path)
+                .map(|a| a.id)
+                .with_context(|| format!("cgroup {path} is not attached"))?,
+        };
+        let removed = {
+            let mut r = self
+                .redirector
+                .lock()
+                .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?;
+            r.detach(id)?
+        };
+        self.recorder
+            .commit(WriteOp::Detach { cgroup_id: id })
+            .await?;
+        if removed.is_some() {
+            info!(cgroup = %path, id, "detached");
+        }
+        Ok(AttachResult {
+            cgroup_id: id,
+            cgroup: path,
+            changed: removed.is_some(),
+        })
+    }
+
+    pub fn status(&self) -> Status {
+        let policy = self.policy();
+        let (attached, kernel) = match self.redirector.lock() {
+            Ok(r) => (
+                r.attached()
+                    .map(|a| AttachResult {
+                        cgroup_id: a.id,
+                        cgroup: a.path.clone(),
+                        changed: false,
+                    })
+                    .collect(),
+                r.counters(),
+            ),
+            Err(_) => (Vec::new(), Default::default()),
+        };
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started_at: self.started_at.clone(),
+            cgroup_root: self.cgroup.mount().display().to_string(),
+            pin_dir: self.config.bpf_pin_dir.display().to_string(),
+            proxy_port: self.config.proxy_port,
+            database: self.config.database.display().to_string(),
+            policy: self.config.policy.display().to_string(),
+            egress: policy.defaults().egress.to_string(),
+            attached,
+            intercepts: policy
+                .intercepts()
+                .iter()
+                .map(|r| InterceptInfo {
+                    port: r.port,
+                    cidr: r.net.as_ref().map(|n| n.to_string()),
+                    protocol: r.protocol.to_string(),
+                })
+                .collect(),
+            live_sessions: self
+                .sessions
+                .list()
+                .into_iter()
+                .filter_map(|s| serde_json::to_value(s).ok())
+                .collect(),
+            counters: serde_json::json!({
+                "kernel": kernel,
+                "proxy": self.counters.snapshot(),
+                "recorder": self.recorder.stats(),
+            }),
+        }
+    }
+}
+
+/// Reads and validates the policy file.
+pub fn load_policy(path: &std::path::Path) -> Result<policy::Policy> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    let name = path.display().to_string();
+    policy::Policy::parse(&text, &name).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let policy = load_policy(&config.policy)?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "interceptor run must be started as root (it loads eBPF programs and attaches them to cgroups); use the systemd unit or sudo"
+        );
+    }
+    let cgroup = Cgroup2::detect(config.cgroup_root.as_deref())?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let _lock = lock_state_dir(&config.state_dir)?;
+
+    let (recorder, writer) = Recorder::start(&config.database, config.sync)?;
+    let first_approval = {
+        let conn = store::open_ro(&config.database)?;
+        store::max_approval_id(&conn)? + 1
+    };
+    let mut redirector = Redirector::load(
+        RedirectOptions {
+            pin_dir: config.bpf_pin_dir.clone(),
+            proxy_port: config.proxy_port,
+            socket_mark: config.socket_mark,
+        },
+        cgroup.clone(),
+    )?;
+    let egress_deny = policy.defaults().egress == policy::Egress::Deny;
+    // Port 0 until the listener is bound: intercepted connects are refused.
+    redirector.apply_rules(policy.intercepts(), policy.egress_allow(), egress_deny, 0)?;
+    match redirector.take_logger() {
+        Ok(logger) => spawn_kernel_logger(logger),
+        Err(e) => warn!(error = %e, "kernel-side logging unavailable"),
+    }
+
+    let local_ca = Arc::new(LocalCa::load_or_create(&config.tls.ca_dir)?);
+    let upstream_tls = tls::upstream_config(
+        config.tls.upstream_verify,
+        config.tls.upstream_ca_file.as_deref(),
+    )?;
+    let paths = CgroupPaths::default();
+    reconcile_attachments(&mut redirector, &config, &paths, &recorder).await?;
+
+    let listeners = proxy::bind(config.proxy_port).await.with_context(|| {
+        format!(
+            "binding the proxy listener on 127.0.0.1:{}",
+            config.proxy_port
+        )
+    })?;
+    redirector.apply_rules(
+        policy.intercepts(),
+        policy.egress_allow(),
+        egress_deny,
+        config.proxy_port,
+    )?;
+
+    let control = control::server::bind(&config.control_socket, config.control_group.as_deref())?;
+    let own_cgroup = cgroup.of_pid(std::process::id()).ok();
+    let shared = Arc::new(Shared {
+        origins: redirector.origins(),
+        redirector: Mutex::new(redirector),
+        policy: RwLock::new(Arc::new(policy)),
+        recorder,
+        cgroup,
+        paths,
+        sessions: Sessions::default(),
+        counters: ProxyCounters::default(),
+        started_at: record::now_rfc3339(),
+        own_cgroup,
+        approvals: Approvals::new(first_approval),
+        sql_cache: SqlCache::default(),
+        tls: local_ca,
+        upstream_tls,
+        config: config.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let addr = l.local_addr().ok();
+        info!(listen = ?addr, "proxy listening");
+        tasks.push(tokio::spawn(proxy::serve(
+            l,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(control::server::serve(
+        control,
+        shared.clone(),
+        stop_rx.clone(),
+    )));
+    notify_systemd("READY=1");
+    info!(
+        config = ?config.source,
+        policy = %config.policy.display(),
+        database = %config.database.display(),
+        control = %config.control_socket.display(),
+        "interceptor ready"
+    );
+
+    wait_for_shutdown(&shared).await;
+    notify_systemd("STOPPING=1");
+    info!("shutting down: no new connections; waiting for live sessions");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    let left = shared.sessions.drain(config.shutdown_grace).await;
+    if left > 0 {
+        warn!(
+            sessions = left,
+            "sessions still open at the end of the grace period"
+        );
+    }
+    // Links stay pinned: attached cgroups keep failing closed while we are down.
+    drop(shared);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .ok();
+    info!("stopped");
+    Ok(())
+}
+
+/// Brings kernel attachments in line with the database after a (re)start:
+/// re-attaches every recorded cgroup that still exists (fresh programs,
+/// pins swapped atomically), forgets cgroups that are gone, and adopts
+/// pinned links the database does not know about.
+async fn reconcile_attachments(
+    redirector: &mut Redirector,
+    config: &Config,
+    paths: &CgroupPaths,
+    recorder: &Recorder,
+) -> Result<()> {
+    let conn = store::open_ro(&config.database)?;
+    let recorded = store::attachments(&conn)?;
+    drop(conn);
+    let mut seen = std::collections::HashSet::new();
+    for a in recorded {
+        let id = a.cgroup_id as u64;
+        seen.insert(id);
+        match redirector.cgroup().id_of(&a.cgroup_path) {
+            Ok(current) if current == id => match redirector.attach(&a.cgroup_path) {
+                Ok(att) => {
+                    paths.remember(att.id, &att.path);
+                    info!(cgroup = %att.path, "re-attached");
+                }
+                Err(e) => error!(cgroup = %a.cgroup_path, error = %e, "cannot re-attach"),
+            },
+            _ => {
+                warn!(cgroup = %a.cgroup_path, "attached cgroup no longer exists; forgetting it");
+                redirector.detach(id)?;
+                recorder.commit(WriteOp::Detach { cgroup_id: id }).await?;
+            }
+        }
+    }
+    let roots = ["/".to_string()];
+    for id in redirector.pinned_ids() {
+        if seen.contains(&id) {
+            continue;
+        }
+        match redirector.cgroup().path_of_id(id, &roots[0]) {
+            Some(path) => {
+                let att = redirector.attach(&path)?;
+                paths.remember(att.id, &att.path);
+                recorder
+                    .commit(WriteOp::Attach {
+                        cgroup_id: att.id,
+                        cgroup_path: att.path.clone(),
+                        at: record::now_rfc3339(),
+                        by_uid: None,
+                    })
+                    .await?;
+                info!(cgroup = %att.path, "adopted pinned attachment");
+            }
+            None => {
+                redirector.detach(id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn_kernel_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    tokio::spawn(async move {
+        // SAFETY: the logger owns its ring buffer fd and hands ownership to
+        // the AsyncFd, which never closes or replaces it while registered.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+        let mut fd = match registered {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "kernel-side logging unavailable");
+                return;
+            }
+        };
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                return;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+}
+
+/// One daemon per state directory.
+fn lock_state_dir(dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let path: PathBuf = dir.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another interceptor daemon holds {} ({e}); stop it first",
+            path.display()
+        )
+    })
+}
+
+/// Waits for SIGTERM/SIGINT; SIGHUP reloads the policy meanwhile.
+async fn wait_for_shutdown(shared: &Shared) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                if let Err(e) = shared.reload_policy() {
+                    error!(error = %format!("{e:#}"), "policy reload failed; keeping the current policy");
+                }
+            }
+        }
+    }
+}
+
+/// sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET.
+fn notify_systemd(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let p = PathBuf::from(&path);
+    let res = if let Some(abs) = p.to_str().and_then(|s| s.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &p)
+    };
+    if let Err(e) = res {
+        warn!(error = %e, "sd_notify failed");
+    }
+}

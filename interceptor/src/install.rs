@@ -1,0 +1,139 @@
+//! `interceptor install`: puts the running binary, the systemd unit and a
+//! default configuration in place, then starts the service when systemd is
+//! running. Existing configuration files are never overwritten.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+const UNIT: &str = include_str!("../../systemd/interceptor.service");
+const DEFAULT_CONFIG: &str = include_str!("../../systemd/interceptor.toml");
+const DEFAULT_POLICY: &str = include_str!("../../systemd/policy.toml");
+const README: &str = include_str!("../../README.md");
+
+#[derive(Args, Debug)]
+pub struct InstallArgs {
+    /// Installation prefix for the binary (PREFIX/bin/interceptor) and docs.
+    #[arg(long, default_value = "/usr/local")]
+    prefix: PathBuf,
+    /// Directory for interceptor.toml and policy.toml.
+    #[arg(long, default_value = "/etc/interceptor")]
+    config_dir: PathBuf,
+    /// Directory for the systemd unit.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    unit_dir: PathBuf,
+    /// Install only; do not enable or start the service.
+    #[arg(long)]
+    no_start: bool,
+}
+
+pub fn run(args: &InstallArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "install must run as root (it writes under {} and /etc)",
+            args.prefix.display()
+        );
+    }
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let bin_dir = args.prefix.join("bin");
+    let bin = bin_dir.join("interceptor");
+    std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    if exe.canonicalize().ok() != bin.canonicalize().ok() {
+        // Copy to a temporary name and rename: a running daemon keeps its inode.
+        let tmp = bin_dir.join(".interceptor.new");
+        std::fs::copy(&exe, &tmp)
+            .with_context(|| format!("copying {} to {}", exe.display(), tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &bin).with_context(|| format!("installing {}", bin.display()))?;
+    }
+    println!("installed {}", bin.display());
+
+    let doc_dir = args.prefix.join("share/doc/interceptor");
+    std::fs::create_dir_all(&doc_dir)?;
+    std::fs::write(doc_dir.join("README.md"), README)?;
+
+    let unit = UNIT
+        .replace("/usr/local/bin/interceptor", &bin.display().to_string())
+        .replace(
+            "/etc/interceptor/interceptor.toml",
+            &args
+                .config_dir
+                .join("interceptor.toml")
+                .display()
+                .to_string(),
+        );
+    std::fs::create_dir_all(&args.unit_dir)?;
+    let unit_path = args.unit_dir.join("interceptor.service");
+    std::fs::write(&unit_path, unit).with_context(|| format!("writing {}", unit_path.display()))?;
+    println!("installed {}", unit_path.display());
+
+    std::fs::create_dir_all(&args.config_dir)?;
+    write_if_missing(&args.config_dir.join("interceptor.toml"), DEFAULT_CONFIG)?;
+    write_if_missing(&args.config_dir.join("policy.toml"), DEFAULT_POLICY)?;
+
+    if args.no_start {
+        return Ok(());
+    }
+    if Path::new("/run/systemd/system").is_dir() {
+        systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", "interceptor.service"])?;
+        systemctl(&["restart", "interceptor.service"])?;
+        println!("interceptor.service is enabled and running; check it with `interceptor status`");
+    } else {
+        println!(
+            "systemd is not running on this host; start the daemon with:\n  {} run --config {}",
+            bin.display(),
+            args.config_dir.join("interceptor.toml").display()
+        );
+    }
+    Ok(())
+}
+
+fn write_if_missing(path: &Path, content: &str) -> Result<()> {
+    if path.exists() {
+        println!("kept existing {}", path.display());
+        return Ok(());
+    }
+    std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    println!("installed {}", path.display());
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> Result<()> {
+    let status = Command::new("systemctl")
+        .args(args)
+        .status()
+        .with_context(|| format!("running systemctl {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("systemctl {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_are_valid() {
+        let cfg = crate::config::Config::parse(
+            DEFAULT_CONFIG,
+            Path::new("/etc/interceptor/interceptor.toml"),
+        )
+        .expect("systemd/interceptor.toml parses");
+        assert_eq!(cfg.policy, Path::new("/etc/interceptor/policy.toml"));
+        assert_eq!(
+            cfg,
+            crate::config::Config {
+                source: cfg.source.clone(),
+                ..Default::default()
+            }
+        );
+        policy::Policy::parse(DEFAULT_POLICY, "systemd/policy.toml")
+            .expect("systemd/policy.toml parses");
+    }
+}
