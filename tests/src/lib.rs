@@ -7,6 +7,7 @@
 //! These tests need root and a kernel with cgroup BPF: they are what the
 //! product is, so they run (never skip) under `cargo xtask test`.
 
+pub mod mariadb;
 pub mod servers;
 
 use std::io::Write;

@@ -1,0 +1,1337 @@
+//! One MySQL / MariaDB session: the handshake (capabilities reconciled,
+//! TLS on each leg, authentication relayed), then the command loop, which
+//! judges every statement before it goes upstream and streams the answers
+//! back row by row, masking values where the policy says so.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use policy::{ActiveMasks, Decision, Dialect, Operation, SqlError, SqlStatement, StatementKind};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::codec::{
+    self, ColumnPlan, ErrPacket, ParamValue, caps, com, errcode, is_terminator, status,
+};
+use super::error::{CodecError, MysqlError, Side};
+use super::stream::{Leg, Read, Stream, read_message, write_message};
+use super::upstream;
+use crate::proxy::SessionCtx;
+use crate::proxy::gate::{Classified, Gate, Judgement, Op};
+use crate::record::RecordError;
+
+/// Most columns a result set may announce (MySQL's limit is 4096).
+const MAX_COLUMNS: u64 = 65_535;
+
+/// A prepared statement the server holds for this session.
+struct Prepared {
+    sql: Arc<str>,
+    classified: Classified,
+    /// The decision taken when it was prepared (an allow, possibly after
+    /// an approval): every execution runs under it.
+    decision: Decision,
+    params: usize,
+    /// Parameter types of the last execution that bound them.
+    types: Vec<(u8, u8)>,
+    /// Bytes sent per parameter with COM_STMT_SEND_LONG_DATA since the last
+    /// execution (`None`: none).
+    long_data: Vec<Option<u64>>,
+    /// Column definitions of the last execution's result (for cursor
+    /// fetches), kept only while masks are active.
+    plans: Option<Vec<ColumnPlan>>,
+}
+
+/// Runs one session; returns why it ended.
+pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> String {
+    let mut gate = Gate::new(
+        ctx.shared.clone(),
+        ctx.id,
+        ctx.workload.clone(),
+        ctx.target.clone(),
+    );
+    let mut session = match handshake(&ctx, &mut gate, client, upstream).await {
+        Ok(Ok(h)) => Session {
+            id: ctx.id,
+            gate,
+            client: h.client,
+            server: h.server,
+            caps: h.caps,
+            deprecate_eof: h.caps & caps::DEPRECATE_EOF != 0,
+            user: h.user,
+            database: h.database,
+            stmts: HashMap::new(),
+            last_stmt: None,
+            buf: h.buf,
+            out: Vec::new(),
+            cmd: Vec::with_capacity(1024),
+        },
+        Ok(Err(reason)) => return reason,
+        Err(e) => {
+            let reason = e.to_string();
+            gate.note("error", None, Some(&reason)).await;
+            return reason;
+        }
+    };
+    match session.serve().await {
+        Ok(reason) => reason,
+        Err(e) => session.fail(e).await,
+    }
+}
+
+/// What the connection phase leaves for the command loop.
+struct Handshaken {
+    client: Leg<Stream>,
+    server: Leg<Stream>,
+    caps: u32,
+    user: Option<String>,
+    database: Option<String>,
+    buf: Vec<u8>,
+}
+
+/// The connection phase. `Ok(Err(reason))` is an orderly end (the client
+/// left, authentication failed); `Err` is a protocol failure.
+async fn handshake(
+    ctx: &SessionCtx,
+    gate: &mut Gate,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+) -> Result<Result<Handshaken, String>, MysqlError> {
+    let max = ctx.shared.config.limits.max_message_bytes as usize;
+    let mut buf = Vec::with_capacity(256);
+
+    // The server speaks first.
+    let mut useq = 0u8;
+    if read_message(&mut upstream, Side::Server, &mut useq, max, &mut buf).await? == Read::Eof {
+        return Err(MysqlError::Closed {
+            side: Side::Server,
+            when: "before its handshake",
+        });
+    }
+    let mut cseq = 0u8;
+    if buf.first() == Some(&0xff) {
+        // Too many connections, host blocked, ...: the client gets it as is.
+        let msg = codec::parse_err(&buf)
+            .map(|e| e.message)
+            .unwrap_or_default();
+        let _ = write_message(&mut client, &mut cseq, &buf).await;
+        gate.note("error", None, Some(&format!("server refused: {msg}")))
+            .await;
+        return Ok(Err(format!("server refused the connection: {msg}")));
+    }
+    let greeting = match codec::parse_greeting(&buf) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = refuse_raw(
+                &mut client,
+                &format!("interceptor: bad server handshake: {e}"),
+            )
+            .await;
+            return Err(MysqlError::Codec {
+                side: Side::Server,
+                source: e,
+            });
+        }
+    };
+    let server_caps = greeting.capabilities;
+    if server_caps & caps::PROTOCOL_41 == 0 {
+        let _ = refuse_raw(
+            &mut client,
+            "interceptor: the server does not speak protocol 4.1",
+        )
+        .await;
+        return Err(MysqlError::Unsupported(
+            "server without CLIENT_PROTOCOL_41".into(),
+        ));
+    }
+    // Offer TLS always (the proxy terminates it); never compression, nor
+    // the layout-changing extensions, nor MariaDB's extended capabilities.
+    let offered = (server_caps & caps::SUPPORTED) | caps::SSL;
+    debug!(server = %greeting.server_version, server_caps = format!("{server_caps:#x}"), ext = ?greeting.mariadb_ext, "server handshake");
+    let patched = codec::patch_greeting(&buf, &greeting, offered, 0);
+    write_message(&mut client, &mut cseq, &patched)
+        .await
+        .map_err(MysqlError::io(Side::Client))?;
+
+    // The client answers, perhaps first with an SSLRequest.
+    if read_message(&mut client, Side::Client, &mut cseq, max, &mut buf).await? == Read::Eof {
+        return Ok(Err(
+            "client closed the connection during the handshake".into()
+        ));
+    }
+    let client_tls = codec::is_ssl_request(&buf);
+    let mut client = if client_tls {
+        let s = upstream::accept_client_tls(&ctx.shared, ctx.target.addr, client).await?;
+        let mut leg = Leg::new(s, Side::Client, cseq, max, ctx.bytes.clone());
+        leg.read_expected(&mut buf, "after its TLS handshake")
+            .await?;
+        leg
+    } else {
+        Leg::new(
+            Stream::Plain(client),
+            Side::Client,
+            cseq,
+            max,
+            ctx.bytes.clone(),
+        )
+    };
+    let resp = match codec::parse_handshake_response(&buf) {
+        Ok(r) => r,
+        Err(e) => {
+            if codec::response_capabilities(&buf).is_ok_and(|c| c & caps::PROTOCOL_41 == 0) {
+                let p = codec::err_packet(
+                    errcode::NOT_SUPPORTED_AUTH_MODE,
+                    Some("08004"),
+                    "interceptor: clients without the 4.1 protocol are not supported",
+                );
+                let _ = client.write(&p).await;
+                let _ = client.flush().await;
+            }
+            return Err(MysqlError::Codec {
+                side: Side::Client,
+                source: e,
+            });
+        }
+    };
+    let negotiated = resp.capabilities & offered & caps::SUPPORTED;
+    let server_tls = client_tls && server_caps & caps::SSL != 0;
+    let mut server = if server_tls {
+        let req = codec::ssl_request(negotiated, resp.max_packet, resp.charset);
+        write_message(&mut upstream, &mut useq, &req)
+            .await
+            .map_err(MysqlError::io(Side::Server))?;
+        let s = upstream::connect_server_tls(&ctx.shared, ctx.target.addr, upstream).await?;
+        Leg::new(s, Side::Server, useq, max, ctx.bytes.clone())
+    } else {
+        Leg::new(
+            Stream::Plain(upstream),
+            Side::Server,
+            useq,
+            max,
+            ctx.bytes.clone(),
+        )
+    };
+    let up_caps = if server_tls {
+        negotiated | caps::SSL
+    } else {
+        negotiated
+    };
+    debug!(client_caps = format!("{:#x}", resp.capabilities), negotiated = format!("{negotiated:#x}"), client_tls, server_tls, user = %resp.user, "client handshake");
+    server
+        .write(&codec::patch_handshake_response(&buf, up_caps))
+        .await?;
+    server.flush().await?;
+    gate.set_target(Some(resp.user.clone()), resp.database.clone())
+        .await;
+
+    if let Some(err) = auth_exchange(&mut client, &mut server, &mut buf).await? {
+        gate.note(
+            "auth",
+            Some(&format!("login as {}", resp.user)),
+            Some(&err.message),
+        )
+        .await;
+        return Ok(Err(format!("authentication failed: {}", err.message)));
+    }
+    Ok(Ok(Handshaken {
+        client,
+        server,
+        caps: negotiated,
+        user: Some(resp.user),
+        database: resp.database,
+        buf,
+    }))
+}
+
+/// Sends a connection-phase ERR (sequence 0, no SQLSTATE) on a raw socket.
+async fn refuse_raw(client: &mut TcpStream, message: &str) -> std::io::Result<()> {
+    let mut seq = 0;
+    write_message(
+        client,
+        &mut seq,
+        &codec::err_packet(errcode::ACCESS_DENIED, None, message),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Relays an authentication exchange until the server's OK (`None`) or ERR.
+///
+/// Who speaks next follows from what the server sent: after an auth switch
+/// or more-data request the client answers, except after caching_sha2's
+/// "fast auth succeeded" (0x01 0x03), which the server follows with its OK.
+async fn auth_exchange(
+    client: &mut Leg<Stream>,
+    server: &mut Leg<Stream>,
+    buf: &mut Vec<u8>,
+) -> Result<Option<ErrPacket>, MysqlError> {
+    loop {
+        server.read_expected(buf, "during authentication").await?;
+        client.write(buf).await?;
+        match buf.first() {
+            Some(0x00) => {
+                client.flush().await?;
+                return Ok(None);
+            }
+            Some(0xff) => {
+                client.flush().await?;
+                return Ok(Some(
+                    codec::parse_err(buf).map_err(MysqlError::codec(Side::Server))?,
+                ));
+            }
+            Some(0x01) if buf.as_slice() == [0x01, 0x03] => continue,
+            _ => {}
+        }
+        client.flush().await?;
+        client.read_expected(buf, "during authentication").await?;
+        server.write(buf).await?;
+        server.flush().await?;
+    }
+}
+
+/// How a result ended.
+struct SetEnd {
+    rows: i64,
+    status: u16,
+    error: Option<String>,
+}
+
+/// Per-statement outcomes of a response with several results.
+struct Outcomes<'a> {
+    seqs: &'a [i64],
+    /// Index into `seqs` of the result being read.
+    idx: usize,
+    rows: i64,
+    started: Instant,
+}
+
+impl<'a> Outcomes<'a> {
+    fn new(seqs: &'a [i64]) -> Outcomes<'a> {
+        Outcomes {
+            seqs,
+            idx: 0,
+            rows: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records the end of one result; results beyond the last statement
+    /// (a CALL's result sets) add to the last statement's outcome.
+    async fn done(&mut self, gate: &Gate, rows: Option<i64>, error: Option<String>, more: bool) {
+        if let Some(r) = rows {
+            self.rows += r;
+        }
+        let Some(&seq) = self.seqs.get(self.idx).or(self.seqs.last()) else {
+            return;
+        };
+        let rows = (rows.is_some() || self.rows > 0).then_some(self.rows);
+        gate.outcome(
+            seq,
+            Some(self.started.elapsed().as_micros() as i64),
+            rows,
+            error,
+        )
+        .await;
+        if more && self.idx + 1 < self.seqs.len() {
+            self.idx += 1;
+            self.rows = 0;
+            self.started = Instant::now();
+        }
+    }
+}
+
+pub(super) struct Session {
+    id: i64,
+    gate: Gate,
+    client: Leg<Stream>,
+    server: Leg<Stream>,
+    /// Capabilities in force (as sent to the server, without CLIENT_SSL).
+    caps: u32,
+    deprecate_eof: bool,
+    user: Option<String>,
+    database: Option<String>,
+    stmts: HashMap<u32, Prepared>,
+    last_stmt: Option<u32>,
+    /// Server messages.
+    buf: Vec<u8>,
+    /// Rewritten rows.
+    out: Vec<u8>,
+    /// The client's command.
+    cmd: Vec<u8>,
+}
+
+impl Session {
+    /// The command loop. Returns the reason of an orderly end.
+    async fn serve(&mut self) -> Result<String, MysqlError> {
+        loop {
+            self.client.seq = 0;
+            self.server.seq = 0;
+            let mut cmd = std::mem::take(&mut self.cmd);
+            let r = self.client.read(&mut cmd).await;
+            let r = match r {
+                Ok(Read::Eof) => {
+                    self.server.shutdown().await;
+                    return Ok("closed".into());
+                }
+                Ok(Read::Message) => self.command(&cmd).await,
+                Err(e) => Err(e),
+            };
+            self.cmd = cmd;
+            match r {
+                Ok(true) => {}
+                Ok(false) => return Ok("closed".into()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Handles one command; `false` when the client quit.
+    async fn command(&mut self, msg: &[u8]) -> Result<bool, MysqlError> {
+        let Some(&cmd) = msg.first() else {
+            return Err(MysqlError::Codec {
+                side: Side::Client,
+                source: CodecError::malformed("command", "empty packet"),
+            });
+        };
+        match cmd {
+            com::QUIT => {
+                let _ = self.server.write(msg).await;
+                let _ = self.server.flush().await;
+                self.server.shutdown().await;
+                return Ok(false);
+            }
+            com::QUERY => self.query(msg).await?,
+            com::INIT_DB => self.init_db(msg).await?,
+            com::FIELD_LIST => self.field_list(msg).await?,
+            com::PING | com::STATISTICS | com::SET_OPTION => {
+                self.forward(msg).await?;
+                self.single_response(None).await?;
+            }
+            com::RESET_CONNECTION => {
+                self.gate
+                    .note("command", Some("COM_RESET_CONNECTION"), None)
+                    .await;
+                self.forward(msg).await?;
+                if self.single_response(None).await? {
+                    self.stmts.clear();
+                    self.last_stmt = None;
+                }
+            }
+            com::CHANGE_USER => self.change_user(msg).await?,
+            com::STMT_PREPARE => self.prepare(msg).await?,
+            com::STMT_EXECUTE => self.execute(msg).await?,
+            com::STMT_SEND_LONG_DATA => self.long_data(msg).await?,
+            com::STMT_CLOSE => {
+                let id = self.stmt_id(msg)?;
+                if self.stmts.remove(&id).is_some() {
+                    self.forward(msg).await?;
+                }
+            }
+            com::STMT_RESET => {
+                let id = self.stmt_id(msg)?;
+                match self.stmts.get_mut(&id) {
+                    Some(st) => {
+                        st.long_data.fill(None);
+                        self.forward(msg).await?;
+                        self.single_response(None).await?;
+                    }
+                    None => self.unknown_stmt(id, "mysqld_stmt_reset").await?,
+                }
+            }
+            com::STMT_FETCH => self.fetch(msg).await?,
+            other => {
+                let name = com::name(other);
+                self.gate
+                    .note(
+                        "command",
+                        Some(&name),
+                        Some("refused: not relayed by the interceptor"),
+                    )
+                    .await;
+                self.send_err(
+                    errcode::UNKNOWN_COM,
+                    "08S01",
+                    &format!(
+                        "interceptor: {name} is not supported through the interceptor (session {})",
+                        self.id
+                    ),
+                )
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn stmt_id(&self, msg: &[u8]) -> Result<u32, MysqlError> {
+        let id = codec::statement_id(msg).map_err(MysqlError::codec(Side::Client))?;
+        // MariaDB's "the statement prepared last" (mariadb_stmt_execute_direct).
+        Ok(if id == u32::MAX {
+            self.last_stmt.unwrap_or(id)
+        } else {
+            id
+        })
+    }
+
+    async fn forward(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        self.server.write(msg).await?;
+        self.server.flush().await
+    }
+
+    async fn send_err(&mut self, code: u16, state: &str, message: &str) -> Result<(), MysqlError> {
+        let p = codec::err_packet(code, Some(state), message);
+        self.client.write(&p).await?;
+        self.client.flush().await
+    }
+
+    async fn unknown_stmt(&mut self, id: u32, what: &str) -> Result<(), MysqlError> {
+        self.send_err(
+            errcode::UNKNOWN_STMT_HANDLER,
+            "HY000",
+            &format!(
+                "Unknown prepared statement handler ({id}) given to {what} (interceptor session {})",
+                self.id
+            ),
+        )
+        .await
+    }
+
+    /// Judges through the gate; a recording failure refuses the command
+    /// and ends the session (fail closed).
+    async fn judge(&mut self, ops: &[Op<'_>]) -> Result<Judgement, MysqlError> {
+        match self.gate.judge(ops).await {
+            Ok(j) => Ok(j),
+            Err(e) => Err(self.record_failed(e).await),
+        }
+    }
+
+    /// Tells the client its command was not run because recording failed.
+    async fn record_failed(&mut self, e: RecordError) -> MysqlError {
+        let _ = self
+            .send_err(
+                errcode::UNKNOWN_ERROR,
+                "HY000",
+                &format!(
+                    "interceptor: cannot record the command, so it was not run: {e} (session {})",
+                    self.id
+                ),
+            )
+            .await;
+        MysqlError::Record(e)
+    }
+
+    async fn deny(&mut self, j: &Judgement) -> Result<(), MysqlError> {
+        self.send_err(errcode::SPECIFIC_ACCESS_DENIED, "42000", &j.message)
+            .await
+    }
+
+    /// The masks to apply, when any.
+    fn masks(&self) -> Option<ActiveMasks> {
+        let m = self.gate.masks();
+        (!m.is_empty()).then(|| m.clone())
+    }
+
+    // -- text protocol -----------------------------------------------------
+
+    async fn query(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let sql = String::from_utf8_lossy(&msg[1..]);
+        let exposed = expose_versioned_comments(&sql);
+        let classified = self.gate.classify(&exposed, Dialect::Mysql);
+        let err = error_text(&classified);
+        let ops = statement_ops(&exposed, &classified, &err, "statement", None);
+        let j = self.judge(&ops).await?;
+        if !j.allowed {
+            return self.deny(&j).await;
+        }
+        let use_db = single_use(&classified);
+        self.forward(msg).await?;
+        let ok = self.results(&j.seqs, false, None).await?;
+        if ok && let Some(db) = use_db {
+            self.database = Some(db);
+            self.gate
+                .set_target(self.user.clone(), self.database.clone())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn init_db(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let db = String::from_utf8_lossy(&msg[1..]).into_owned();
+        let text = format!("USE {}", codec::quote_ident(&db));
+        let classified = self.gate.classify(&text, Dialect::Mysql);
+        let err = error_text(&classified);
+        let ops = statement_ops(
+            &text,
+            &classified,
+            &err,
+            "statement",
+            Some(json!({"command": "COM_INIT_DB"})),
+        );
+        let j = self.judge(&ops).await?;
+        if !j.allowed {
+            return self.deny(&j).await;
+        }
+        self.forward(msg).await?;
+        if self.single_response(j.seqs.first().copied()).await? {
+            self.database = Some(db);
+            self.gate
+                .set_target(self.user.clone(), self.database.clone())
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn field_list(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let rest = &msg[1..];
+        let table = &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())];
+        let text = format!(
+            "SHOW COLUMNS FROM {}",
+            codec::quote_ident(&String::from_utf8_lossy(table))
+        );
+        let classified = self.gate.classify(&text, Dialect::Mysql);
+        let err = error_text(&classified);
+        let ops = statement_ops(
+            &text,
+            &classified,
+            &err,
+            "statement",
+            Some(json!({"command": "COM_FIELD_LIST"})),
+        );
+        let j = self.judge(&ops).await?;
+        if !j.allowed {
+            return self.deny(&j).await;
+        }
+        self.forward(msg).await?;
+        let started = Instant::now();
+        let mut n = 0i64;
+        loop {
+            self.server
+                .read_expected(&mut self.buf, "in the middle of a response")
+                .await?;
+            self.client.write(&self.buf).await?;
+            if self.buf.first() == Some(&0xff) || is_terminator(&self.buf, self.deprecate_eof) {
+                break;
+            }
+            n += 1;
+        }
+        self.client.flush().await?;
+        if let Some(&seq) = j.seqs.first() {
+            let error = err_text(&self.buf);
+            self.gate
+                .outcome(
+                    seq,
+                    Some(started.elapsed().as_micros() as i64),
+                    Some(n),
+                    error,
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Relays a one-packet response; records its outcome on `seq`. Returns
+    /// whether it was not an ERR.
+    async fn single_response(&mut self, seq: Option<i64>) -> Result<bool, MysqlError> {
+        let started = Instant::now();
+        self.server
+            .read_expected(&mut self.buf, "before answering")
+            .await?;
+        self.client.write(&self.buf).await?;
+        self.client.flush().await?;
+        let error = err_text(&self.buf);
+        let ok = error.is_none();
+        if let Some(seq) = seq {
+            let rows = if self.buf.first() == Some(&0) {
+                codec::parse_ok(&self.buf)
+                    .ok()
+                    .map(|o| o.affected_rows as i64)
+            } else {
+                None
+            };
+            self.gate
+                .outcome(seq, Some(started.elapsed().as_micros() as i64), rows, error)
+                .await;
+        }
+        Ok(ok)
+    }
+
+    /// Relays the results of COM_QUERY or COM_STMT_EXECUTE: OK, ERR,
+    /// LOCAL INFILE requests and result sets, following
+    /// SERVER_MORE_RESULTS_EXISTS. Returns whether no ERR came.
+    async fn results(
+        &mut self,
+        seqs: &[i64],
+        binary: bool,
+        stmt: Option<u32>,
+    ) -> Result<bool, MysqlError> {
+        let masks = self.masks();
+        let mut outcomes = Outcomes::new(seqs);
+        let mut ok = true;
+        loop {
+            self.server
+                .read_expected(&mut self.buf, "before answering")
+                .await?;
+            match self.buf.first().copied() {
+                None => {
+                    return Err(MysqlError::Codec {
+                        side: Side::Server,
+                        source: CodecError::malformed("response", "empty packet"),
+                    });
+                }
+                Some(0x00) => {
+                    let p = codec::parse_ok(&self.buf).map_err(MysqlError::codec(Side::Server))?;
+                    self.client.write(&self.buf).await?;
+                    let more = p.status & status::MORE_RESULTS_EXISTS != 0;
+                    outcomes
+                        .done(&self.gate, Some(p.affected_rows as i64), None, more)
+                        .await;
+                    if !more {
+                        break;
+                    }
+                }
+                Some(0xff) => {
+                    self.client.write(&self.buf).await?;
+                    outcomes
+                        .done(&self.gate, None, err_text(&self.buf), false)
+                        .await;
+                    ok = false;
+                    break;
+                }
+                Some(0xfb) => {
+                    self.client.write(&self.buf).await?;
+                    self.local_infile().await?;
+                }
+                Some(_) => {
+                    let end = self.result_set(binary, masks.as_ref(), stmt).await?;
+                    let more = end.error.is_none() && end.status & status::MORE_RESULTS_EXISTS != 0;
+                    let failed = end.error.is_some();
+                    outcomes
+                        .done(&self.gate, Some(end.rows), end.error, more)
+                        .await;
+                    if failed {
+                        ok = false;
+                        break;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+        }
+        self.client.flush().await?;
+        Ok(ok)
+    }
+
+    /// LOAD DATA LOCAL INFILE: the client sends the file's contents, ending
+    /// with an empty packet; the server's answer follows.
+    async fn local_infile(&mut self) -> Result<(), MysqlError> {
+        self.client.flush().await?;
+        loop {
+            self.client
+                .read_expected(&mut self.buf, "during LOAD DATA LOCAL")
+                .await?;
+            self.server.write(&self.buf).await?;
+            if self.buf.is_empty() {
+                break;
+            }
+        }
+        self.server.flush().await
+    }
+
+    /// Relays one result set whose column count is in `self.buf`.
+    async fn result_set(
+        &mut self,
+        binary: bool,
+        masks: Option<&ActiveMasks>,
+        stmt: Option<u32>,
+    ) -> Result<SetEnd, MysqlError> {
+        let count = codec::Cursor::new(&self.buf)
+            .lenenc("column count")
+            .map_err(MysqlError::codec(Side::Server))?;
+        if count == 0 || count > MAX_COLUMNS {
+            return Err(MysqlError::Codec {
+                side: Side::Server,
+                source: CodecError::malformed("column count", count.to_string()),
+            });
+        }
+        self.client.write(&self.buf).await?;
+        let mut plans = Vec::new();
+        for _ in 0..count {
+            self.server
+                .read_expected(&mut self.buf, "in the middle of a result set")
+                .await?;
+            if let Some(m) = masks {
+                let def =
+                    codec::parse_column_def(&self.buf).map_err(MysqlError::codec(Side::Server))?;
+                plans.push(ColumnPlan::new(&def, m));
+            }
+            self.client.write(&self.buf).await?;
+        }
+        if let Some(st) = stmt.and_then(|id| self.stmts.get_mut(&id)) {
+            st.plans = masks.map(|_| plans.clone());
+        }
+        if !self.deprecate_eof {
+            self.server
+                .read_expected(&mut self.buf, "in the middle of a result set")
+                .await?;
+            if !is_terminator(&self.buf, false) {
+                return Err(MysqlError::Codec {
+                    side: Side::Server,
+                    source: CodecError::malformed("result set", "no EOF after the columns"),
+                });
+            }
+            self.client.write(&self.buf).await?;
+            let st = codec::terminator_status(&self.buf, false)
+                .map_err(MysqlError::codec(Side::Server))?;
+            if binary && st & status::CURSOR_EXISTS != 0 {
+                // Rows come with COM_STMT_FETCH.
+                return Ok(SetEnd {
+                    rows: 0,
+                    status: st,
+                    error: None,
+                });
+            }
+        }
+        self.rows(binary, masks, &plans).await
+    }
+
+    /// Relays rows up to the result's terminator (or an ERR).
+    async fn rows(
+        &mut self,
+        binary: bool,
+        masks: Option<&ActiveMasks>,
+        plans: &[ColumnPlan],
+    ) -> Result<SetEnd, MysqlError> {
+        let active = masks.filter(|m| plans.iter().any(|p| p.active(m)));
+        let mut rows = 0i64;
+        loop {
+            self.server
+                .read_expected(&mut self.buf, "in the middle of a result set")
+                .await?;
+            if is_terminator(&self.buf, self.deprecate_eof) {
+                self.client.write(&self.buf).await?;
+                let status = codec::terminator_status(&self.buf, self.deprecate_eof)
+                    .map_err(MysqlError::codec(Side::Server))?;
+                return Ok(SetEnd {
+                    rows,
+                    status,
+                    error: None,
+                });
+            }
+            if self.buf.first() == Some(&0xff) {
+                self.client.write(&self.buf).await?;
+                return Ok(SetEnd {
+                    rows,
+                    status: 0,
+                    error: err_text(&self.buf),
+                });
+            }
+            rows += 1;
+            let Some(m) = active else {
+                self.client.write(&self.buf).await?;
+                continue;
+            };
+            let changed = if binary {
+                codec::mask_binary_row(&self.buf, plans, m, &mut self.out)
+            } else {
+                codec::mask_text_row(&self.buf, plans, m, &mut self.out)
+            }
+            .map_err(MysqlError::codec(Side::Server))?;
+            if changed {
+                self.client.write(&self.out).await?;
+            } else {
+                self.client.write(&self.buf).await?;
+            }
+        }
+    }
+
+    // -- prepared statements -------------------------------------------------
+
+    async fn prepare(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&msg[1..]).as_ref());
+        let exposed = expose_versioned_comments(&sql);
+        let classified = self.gate.classify(&exposed, Dialect::Mysql);
+        let err = error_text(&classified);
+        let ops = statement_ops(&exposed, &classified, &err, "prepare", None);
+        // Judged (and, for `review`, held) once here; each execution is
+        // recorded with this decision and its bound values.
+        let j = self.judge(&ops).await?;
+        if !j.allowed {
+            return self.deny(&j).await;
+        }
+        let seq = j.seqs.first().copied();
+        self.forward(msg).await?;
+        let started = Instant::now();
+        self.server
+            .read_expected(&mut self.buf, "before answering")
+            .await?;
+        self.client.write(&self.buf).await?;
+        if self.buf.first() == Some(&0xff) {
+            self.client.flush().await?;
+            if let Some(seq) = seq {
+                self.gate
+                    .outcome(
+                        seq,
+                        Some(started.elapsed().as_micros() as i64),
+                        None,
+                        err_text(&self.buf),
+                    )
+                    .await;
+            }
+            return Ok(());
+        }
+        let ok = codec::parse_prepare_ok(&self.buf).map_err(MysqlError::codec(Side::Server))?;
+        for (n, what) in [(ok.params, "parameter"), (ok.columns, "column")] {
+            if n == 0 {
+                continue;
+            }
+            for _ in 0..n {
+                self.server
+                    .read_expected(&mut self.buf, "in the middle of a prepare response")
+                    .await?;
+                self.client.write(&self.buf).await?;
+            }
+            if !self.deprecate_eof {
+                self.server
+                    .read_expected(&mut self.buf, "in the middle of a prepare response")
+                    .await?;
+                if !is_terminator(&self.buf, false) {
+                    return Err(MysqlError::Codec {
+                        side: Side::Server,
+                        source: CodecError::malformed(
+                            "COM_STMT_PREPARE response",
+                            format!("no EOF after the {what} definitions"),
+                        ),
+                    });
+                }
+                self.client.write(&self.buf).await?;
+            }
+        }
+        self.client.flush().await?;
+        if let Some(seq) = seq {
+            self.gate
+                .outcome(seq, Some(started.elapsed().as_micros() as i64), None, None)
+                .await;
+        }
+        let params = usize::from(ok.params);
+        self.stmts.insert(
+            ok.statement_id,
+            Prepared {
+                sql,
+                classified,
+                decision: j.decision,
+                params,
+                types: Vec::new(),
+                long_data: vec![None; params],
+                plans: None,
+            },
+        );
+        self.last_stmt = Some(ok.statement_id);
+        Ok(())
+    }
+
+    async fn execute(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let id = self.stmt_id(msg)?;
+        let masks = self.gate.masks().clone();
+        let Some(st) = self.stmts.get_mut(&id) else {
+            return self.unknown_stmt(id, "mysqld_stmt_execute").await;
+        };
+        let flags: Vec<bool> = st.long_data.iter().map(Option::is_some).collect();
+        let exec = codec::parse_execute(msg, st.params, &mut st.types, &flags)
+            .map_err(MysqlError::codec(Side::Client))?;
+        let long = std::mem::replace(&mut st.long_data, vec![None; st.params]);
+        let params: Vec<Value> = exec
+            .params
+            .iter()
+            .zip(long.iter().chain(std::iter::repeat(&None)))
+            .map(|(p, l)| param_json(p, *l, &masks))
+            .collect();
+        let sql = st.sql.clone();
+        let classified = st.classified.clone();
+        let exposed = expose_versioned_comments(&sql);
+        let err = error_text(&classified);
+        let detail = json!({"statement_id": id, "params": params});
+        let decision = st.decision.clone();
+        let ops = statement_ops(&exposed, &classified, &err, "execute", Some(detail));
+        let Some(seqs) = self.record_execution(&ops, &decision).await? else {
+            return Ok(());
+        };
+        self.forward(msg).await?;
+        self.results(&seqs, true, Some(id)).await?;
+        Ok(())
+    }
+
+    /// Records one execution of a prepared statement before it runs.
+    /// `None`: refused (the client has its ERR).
+    ///
+    /// Judged again through the gate: the prepare-time `decision` is what
+    /// the policy gives for the same SQL unless the policy changed since.
+    async fn record_execution(
+        &mut self,
+        ops: &[Op<'_>],
+        decision: &Decision,
+    ) -> Result<Option<Vec<i64>>, MysqlError> {
+        let _ = decision;
+        let j = self.judge(ops).await?;
+        if !j.allowed {
+            self.deny(&j).await?;
+            return Ok(None);
+        }
+        Ok(Some(j.seqs))
+    }
+
+    async fn long_data(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let id = self.stmt_id(msg)?;
+        let param = codec::Cursor::new(msg.get(5..).unwrap_or_default())
+            .u16("COM_STMT_SEND_LONG_DATA")
+            .map_err(MysqlError::codec(Side::Client))?;
+        let Some(st) = self.stmts.get_mut(&id) else {
+            // No response is expected; the execution will be refused.
+            return Ok(());
+        };
+        if let Some(slot) = st.long_data.get_mut(usize::from(param)) {
+            *slot = Some(slot.unwrap_or(0) + msg.len().saturating_sub(7) as u64);
+        }
+        self.forward(msg).await
+    }
+
+    async fn fetch(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let id = self.stmt_id(msg)?;
+        let Some(st) = self.stmts.get(&id) else {
+            return self.unknown_stmt(id, "mysqld_stmt_fetch").await;
+        };
+        let masks = self.masks();
+        let plans = st.plans.clone().unwrap_or_default();
+        if masks.is_some() && plans.is_empty() {
+            // Masks became active after the cursor was opened: the rows
+            // cannot be decoded, so they are not relayed unmasked.
+            return self
+                .send_err(
+                    errcode::UNKNOWN_ERROR,
+                    "HY000",
+                    &format!(
+                        "interceptor: cannot mask this cursor's rows; execute the statement again (session {})",
+                        self.id
+                    ),
+                )
+                .await;
+        }
+        self.forward(msg).await?;
+        let r = self.rows(true, masks.as_ref(), &plans).await;
+        self.client.flush().await?;
+        r.map(|_| ())
+    }
+
+    // -- connection ------------------------------------------------------------
+
+    async fn change_user(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
+        let cu =
+            codec::parse_change_user(msg, self.caps).map_err(MysqlError::codec(Side::Client))?;
+        let text = format!(
+            "change user to {}{}",
+            cu.user,
+            cu.database
+                .as_deref()
+                .map(|d| format!(" (database {d})"))
+                .unwrap_or_default()
+        );
+        let old = self.gate.target.clone();
+        self.gate.target.user = Some(cu.user.clone());
+        self.gate.target.database = cu.database.clone();
+        let op = Op {
+            operation: Operation::Connect,
+            kind: "connect",
+            text: &text,
+            label: None,
+            shape: Some(format!("change user to {}", cu.user)),
+            detail: Some(
+                json!({"command": "COM_CHANGE_USER", "user": cu.user, "database": cu.database}),
+            ),
+        };
+        let j = self.judge(&[op]).await;
+        self.gate.target = old;
+        let j = j?;
+        if !j.allowed {
+            return self
+                .send_err(errcode::ACCESS_DENIED, "28000", &j.message)
+                .await;
+        }
+        self.forward(msg).await?;
+        // The server deallocates prepared statements either way.
+        self.stmts.clear();
+        self.last_stmt = None;
+        match auth_exchange(&mut self.client, &mut self.server, &mut self.buf).await? {
+            None => {
+                self.user = Some(cu.user);
+                self.database = cu.database;
+                self.gate
+                    .set_target(self.user.clone(), self.database.clone())
+                    .await;
+            }
+            Some(err) => {
+                if let Some(&seq) = j.seqs.first() {
+                    self.gate.outcome(seq, None, None, Some(err.message)).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the session after a protocol failure: records the reason and,
+    /// when the server side failed, tells the client.
+    async fn fail(&mut self, e: MysqlError) -> String {
+        let reason = e.to_string();
+        match &e {
+            MysqlError::Record(_) => {}
+            MysqlError::Io {
+                side: Side::Client, ..
+            }
+            | MysqlError::Closed {
+                side: Side::Client, ..
+            } => {}
+            _ => {
+                let _ = self
+                    .send_err(
+                        errcode::UNKNOWN_ERROR,
+                        "HY000",
+                        &format!(
+                            "interceptor: ending the session: {reason} (session {})",
+                            self.id
+                        ),
+                    )
+                    .await;
+            }
+        }
+        warn!(error = %reason, "mysql session failed");
+        self.gate.note("error", None, Some(&reason)).await;
+        self.server.shutdown().await;
+        self.client.shutdown().await;
+        reason
+    }
+}
+
+/// The classifier's error, rendered once.
+fn error_text(c: &Result<Vec<SqlStatement>, SqlError>) -> String {
+    match c {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// One op per statement of a classified text (or one unparsed op).
+fn statement_ops<'a>(
+    text: &'a str,
+    classified: &'a Result<Vec<SqlStatement>, SqlError>,
+    err: &'a str,
+    kind: &'static str,
+    detail: Option<Value>,
+) -> Vec<Op<'a>> {
+    match classified {
+        Ok(stmts) => stmts
+            .iter()
+            .map(|s| Op {
+                operation: Operation::Sql(s),
+                kind,
+                text: &s.text,
+                label: Some(s.kind().to_string()),
+                shape: Some(policy::sql::shape(&s.text, Dialect::Mysql)),
+                detail: detail.clone(),
+            })
+            .collect(),
+        Err(_) => vec![Op {
+            operation: Operation::SqlUnparsed { text, error: err },
+            kind,
+            text,
+            label: None,
+            shape: Some(policy::sql::shape(text, Dialect::Mysql)),
+            detail,
+        }],
+    }
+}
+
+/// The database of a lone `USE db` statement.
+fn single_use(c: &Result<Vec<SqlStatement>, SqlError>) -> Option<String> {
+    let [s] = c.as_ref().ok()?.as_slice() else {
+        return None;
+    };
+    if s.kind() != StatementKind::Use {
+        return None;
+    }
+    let rest = s.text.trim().get(3..)?.trim().trim_end_matches(';').trim();
+    let name = rest
+        .strip_prefix('`')
+        .and_then(|r| r.strip_suffix('`'))
+        .map(|r| r.replace("``", "`"))
+        .unwrap_or_else(|| rest.to_string());
+    (!name.is_empty()).then_some(name)
+}
+
+/// The text of an ERR packet, for the record.
+fn err_text(p: &[u8]) -> Option<String> {
+    if p.first() != Some(&0xff) {
+        return None;
+    }
+    Some(match codec::parse_err(p) {
+        Ok(e) => format!(
+            "ERROR {}{}: {}",
+            e.code,
+            e.sqlstate.map(|s| format!(" ({s})")).unwrap_or_default(),
+            e.message
+        ),
+        Err(e) => format!("unreadable ERR packet: {e}"),
+    })
+}
+
+/// A bound parameter for the record, masked by the detectors.
+fn param_json(p: &ParamValue, long: Option<u64>, masks: &ActiveMasks) -> Value {
+    match p {
+        ParamValue::Null => Value::Null,
+        ParamValue::Int(i) => json!(i),
+        ParamValue::UInt(u) => json!(u),
+        ParamValue::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(f.to_string())),
+        ParamValue::Text(s) => Value::String(masks.mask_text(s).into_owned()),
+        ParamValue::Bytes(n) => Value::String(format!("<{n} bytes>")),
+        ParamValue::Temporal(s) => Value::String(s.clone()),
+        ParamValue::LongData => Value::String(format!("<long data: {} bytes>", long.unwrap_or(0))),
+    }
+}
+
+/// MySQL runs the text of `/*! ... */` (and MariaDB of `/*M! ... */`)
+/// comments as SQL. For classification their markers are removed so the
+/// content is judged as what it is.
+pub fn expose_versioned_comments(sql: &str) -> Cow<'_, str> {
+    if !sql.contains("/*!") && !sql.contains("/*M!") {
+        return Cow::Borrowed(sql);
+    }
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut copied = 0;
+    let mut in_versioned = false;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && q != b'`' {
+                        i += 2;
+                        continue;
+                    }
+                    if b[i] == q {
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-')
+                && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
+            {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'*' if in_versioned && b.get(i + 1) == Some(&b'/') => {
+                out.push_str(&sql[copied..i]);
+                out.push(' ');
+                i += 2;
+                copied = i;
+                in_versioned = false;
+            }
+            b'/' if !in_versioned && b.get(i + 1) == Some(&b'*') => {
+                let marker = if b.get(i + 2) == Some(&b'!') {
+                    Some(3)
+                } else if b.get(i + 2) == Some(&b'M') && b.get(i + 3) == Some(&b'!') {
+                    Some(4)
+                } else {
+                    None
+                };
+                match marker {
+                    Some(m) => {
+                        out.push_str(&sql[copied..i]);
+                        out.push(' ');
+                        i += m;
+                        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                        if digits == 5 || digits == 6 {
+                            i += digits;
+                        }
+                        copied = i;
+                        in_versioned = true;
+                    }
+                    None => {
+                        // An ordinary comment: skip to its end.
+                        i += 2;
+                        while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                            i += 1;
+                        }
+                        i += 2;
+                    }
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    if copied < sql.len() {
+        out.push_str(&sql[copied..]);
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_comments_are_exposed() {
+        assert_eq!(expose_versioned_comments("SELECT 1"), "SELECT 1");
+        assert_eq!(
+            expose_versioned_comments("/*!50000 DROP TABLE t */"),
+            "  DROP TABLE t  "
+        );
+        assert_eq!(
+            expose_versioned_comments("SELECT 1 /*M!100100 , 2 */ FROM t"),
+            "SELECT 1   , 2   FROM t"
+        );
+        assert_eq!(
+            expose_versioned_comments("SELECT '/*!x*/' /* /*! no */ /*!1*/"),
+            "SELECT '/*!x*/' /* /*! no */  1 "
+        );
+        // What the classifier makes of them: the hidden statement is seen.
+        let c = policy::sql::classify(
+            &expose_versioned_comments("SELECT 1; /*!40000 DROP TABLE users */"),
+            Dialect::Mysql,
+        )
+        .unwrap();
+        assert_eq!(c[1].kind(), StatementKind::Drop);
+        let c = policy::sql::classify(
+            &expose_versioned_comments(
+                "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */",
+            ),
+            Dialect::Mysql,
+        )
+        .unwrap();
+        assert_eq!(c[0].kind(), StatementKind::Set);
+    }
+
+    #[test]
+    fn use_statements_name_their_database() {
+        let c = policy::sql::classify("USE `my``db`", Dialect::Mysql);
+        assert_eq!(single_use(&c).as_deref(), Some("my`db"));
+        let c = policy::sql::classify("use shop", Dialect::Mysql);
+        assert_eq!(single_use(&c).as_deref(), Some("shop"));
+        let c = policy::sql::classify("SELECT 1", Dialect::Mysql);
+        assert_eq!(single_use(&c), None);
+    }
+}

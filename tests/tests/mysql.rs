@@ -1,0 +1,475 @@
+//! MySQL / MariaDB end to end: a real MariaDB started on a free port, the
+//! real `mysql` client (and Python's mysql-connector for the binary
+//! protocol) in a fresh attached cgroup, through the real eBPF redirect.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use interceptor_e2e::mariadb::{MariaDb, ensure_connector, python};
+use interceptor_e2e::{Daemon, TestCgroup, text, unique};
+
+const CARD: &str = "4111111111111111";
+
+fn policy(port: u16, extra: &str) -> String {
+    format!(
+        r#"[defaults]
+decision = "allow"
+unparsed = "deny"
+
+[[intercept]]
+port = {port}
+protocol = "mysql"
+
+[[rule]]
+name = "no-drop"
+match = {{ protocol = "mysql", sql.statement = ["drop", "truncate"] }}
+decision = "deny"
+message = "dropping tables is not allowed here"
+
+[[mask]]
+detectors = ["credit_card"]
+columns = ["password*"]
+{extra}"#
+    )
+}
+
+/// A `shop` database with two customers, and an `app` user
+/// (mysql_native_password) that may use it.
+fn setup(db: &MariaDb) {
+    db.admin_ok(&format!(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.customers (id INT PRIMARY KEY, name VARCHAR(64), card VARCHAR(32),
+                                      password VARCHAR(64), balance DECIMAL(10,2), born DATE);
+         INSERT INTO shop.customers VALUES
+           (1, 'Alice', 'card {CARD}', 'hunter2', 10.50, '1990-01-02'),
+           (2, 'Bob', 'none', 's3cret', 20.00, NULL);
+         CREATE USER 'app'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('secret');
+         GRANT ALL ON shop.* TO 'app'@'127.0.0.1';
+         GRANT FILE ON *.* TO 'app'@'127.0.0.1';"
+    ));
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The events of the one ended session of `comm` to the server.
+fn events_of(
+    d: &Daemon,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let s = d.wait_session(pred);
+    let shown = d.session(s["id"].as_i64().unwrap());
+    let events = shown["events"].as_array().cloned().unwrap_or_default();
+    (s, events)
+}
+
+#[test]
+fn statements_are_judged_masked_and_recorded() {
+    let db = MariaDb::start();
+    setup(&db);
+    let d = Daemon::start(&policy(db.port, ""));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    let outfile = std::env::temp_dir().join(unique("interceptor-outfile"));
+    let script = format!(
+        "SELECT id, name, card, password, balance FROM customers ORDER BY id;
+DROP TABLE customers;
+SELECT COUNT(*) AS n FROM customers;
+SELECT id FROM customers INTO OUTFILE '{}';
+DELIMITER //
+SELECT 'first' AS a; SELECT 'second' AS b //
+SELECT 'hidden'; DROP TABLE customers //
+DELIMITER ;
+UPDATE customers SET balance = balance + 1 WHERE id = 2;
+SELECT 'end' AS done;
+",
+        outfile.display()
+    );
+    let out = db.mysql(Some(&cg), "app", "secret", &["--force", "shop"], &script);
+    let (o, e) = (stdout(&out), stderr(&out));
+
+    // Masked: a detector inside a VARCHAR, a column rule on `password`.
+    assert!(o.contains("card <masked:credit_card>"), "{}", text(&out));
+    assert!(o.contains("****"), "{}", text(&out));
+    assert!(
+        !o.contains(CARD) && !o.contains("hunter2") && !o.contains("s3cret"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        o.contains("10.50"),
+        "numbers are left alone: {}",
+        text(&out)
+    );
+    // The DROP is refused with a native error naming the rule and session;
+    // the session stays usable (the next statements ran).
+    assert!(e.contains("ERROR 1227 (42000)"), "{}", text(&out));
+    assert!(
+        e.contains("no-drop") && e.contains("dropping tables is not allowed here"),
+        "{}",
+        text(&out)
+    );
+    assert!(e.contains("session "), "{}", text(&out));
+    assert!(
+        o.contains("n\n2\n"),
+        "the statement after the denied one ran: {}",
+        text(&out)
+    );
+    // Unparsable SQL follows defaults.unparsed (deny): no file written.
+    assert!(!outfile.exists(), "INTO OUTFILE ran");
+    // A multi-statement string: both results; a batch with a DROP: refused whole.
+    assert!(
+        o.contains("first") && o.contains("second"),
+        "{}",
+        text(&out)
+    );
+    assert!(!o.contains("hidden"), "{}", text(&out));
+    assert!(e.contains("the whole batch was refused"), "{}", text(&out));
+    assert!(o.contains("end"), "{}", text(&out));
+    assert_eq!(
+        db.admin_ok("SELECT COUNT(*) FROM shop.customers").trim(),
+        "2"
+    );
+    assert_eq!(
+        db.admin_ok("SELECT balance FROM shop.customers WHERE id = 2")
+            .trim(),
+        "21.00"
+    );
+
+    let (s, events) = events_of(&d, |s| s["comm"] == "mysql" && s["protocol"] == "mysql");
+    assert_eq!(s["target_user"], "app");
+    assert_eq!(s["target_database"], "shop");
+    assert_eq!(s["end_reason"], "closed", "{s:#}");
+    let find = |needle: &str| {
+        events
+            .iter()
+            .find(|e| e["text"].as_str().is_some_and(|t| t.contains(needle)))
+            .unwrap_or_else(|| panic!("no event with {needle:?}: {events:#?}"))
+            .clone()
+    };
+    let sel = find("SELECT id, name, card");
+    assert_eq!(sel["decision"], "allow");
+    assert_eq!(sel["statement_kind"], "select");
+    assert_eq!(sel["rows"], 2);
+    assert!(sel["duration_us"].as_i64().is_some());
+    let drop = find("DROP TABLE customers");
+    assert_eq!(drop["decision"], "deny");
+    assert_eq!(drop["rule"], "no-drop");
+    let outf = find("INTO OUTFILE");
+    assert_eq!(outf["decision"], "deny");
+    assert!(outf["statement_kind"].is_null());
+    let upd = find("UPDATE customers");
+    assert_eq!(upd["rows"], 1, "affected rows from the OK packet");
+    assert_eq!(find("'second'")["decision"], "allow");
+    // `sessions show` lists the statements with their decisions.
+    let human = d.cli_ok(&["sessions", "show", &s["id"].to_string()]);
+    assert!(
+        human.contains("DROP TABLE customers") && human.contains("deny"),
+        "{human}"
+    );
+    assert!(human.contains("UPDATE customers"), "{human}");
+}
+
+#[test]
+fn prepared_statements_through_a_real_driver() {
+    ensure_connector();
+    let db = MariaDb::start();
+    setup(&db);
+    let d = Daemon::start(&policy(db.port, ""));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    // mysql-connector-python's prepared cursor speaks COM_STMT_PREPARE /
+    // COM_STMT_EXECUTE (the binary protocol).
+    let script = r#"
+import sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app", password="secret",
+                            database="shop", use_pure=True, ssl_disabled=True)
+cur = c.cursor(prepared=True)
+cur.execute("SELECT id, name, card, password, balance, born FROM customers WHERE id = ?", (1,))
+print("row", [str(v) for v in cur.fetchall()[0]])
+cur.execute("INSERT INTO customers (id, name, card, password) VALUES (?, ?, ?, ?)",
+            (3, "Carol", "4111111111111111", "pw3"))
+c.commit()
+try:
+    cur.execute("DROP TABLE customers")
+    print("dropped")
+except mysql.connector.Error as e:
+    print("denied", e.errno, e.msg)
+cur.execute("SELECT COUNT(*) FROM customers WHERE id > ?", (0,))
+print("count", cur.fetchall()[0][0])
+c.close()
+"#;
+    let out = python(Some(&cg), script, &[&db.port.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(o.contains("'card <masked:credit_card>'"), "{o}");
+    assert!(o.contains("'****'"), "{o}");
+    assert!(
+        o.contains("'10.50'") && o.contains("1990-01-02"),
+        "binary numbers and dates intact: {o}"
+    );
+    assert!(!o.contains("hunter2"), "{o}");
+    assert!(o.contains("denied 1227") && o.contains("no-drop"), "{o}");
+    assert!(!o.contains("dropped"), "{o}");
+    assert!(o.contains("count 3"), "{o}");
+    assert_eq!(
+        db.admin_ok("SELECT card FROM shop.customers WHERE id = 3")
+            .trim(),
+        CARD,
+        "the driver's values reach the server unmasked"
+    );
+
+    let (_, events) = events_of(&d, |s| s["comm"] == "python3" && s["protocol"] == "mysql");
+    let prepares: Vec<_> = events.iter().filter(|e| e["kind"] == "prepare").collect();
+    let executes: Vec<_> = events.iter().filter(|e| e["kind"] == "execute").collect();
+    assert!(prepares.len() >= 3, "{events:#?}");
+    let drop = prepares
+        .iter()
+        .find(|e| e["text"].as_str().unwrap_or("").contains("DROP"))
+        .expect("prepare of DROP recorded");
+    assert_eq!(drop["decision"], "deny");
+    let insert = executes
+        .iter()
+        .find(|e| e["text"].as_str().unwrap_or("").starts_with("INSERT"))
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(insert["decision"], "allow");
+    assert_eq!(insert["rows"], 1);
+    let params = &insert["detail"]["params"];
+    assert_eq!(params[0], 3, "{insert:#}");
+    assert_eq!(params[1], "Carol");
+    assert_eq!(
+        params[2], "<masked:credit_card>",
+        "recorded parameters are masked"
+    );
+    let select = executes
+        .iter()
+        .find(|e| e["text"].as_str().unwrap_or("").contains("WHERE id = ?"))
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(select["detail"]["params"][0], 1);
+    assert_eq!(select["rows"], 1);
+    assert!(
+        !events.iter().any(|e| e.to_string().contains(CARD)),
+        "the raw card number reached the record"
+    );
+}
+
+#[test]
+fn tls_on_both_legs_and_native_password_auth() {
+    let db = MariaDb::start_with(true);
+    setup(&db);
+    let d = Daemon::start(&policy(db.port, ""));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    let out = db.mysql(
+        Some(&cg),
+        "app",
+        "secret",
+        &["--ssl", "--ssl-verify-server-cert=OFF", "shop"],
+        "status\nSHOW SESSION STATUS LIKE 'Ssl_cipher';\nSELECT name, card FROM customers WHERE id = 1;\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let o = stdout(&out);
+    // The client's leg: the mysql client reports its cipher.
+    assert!(o.contains("Cipher in use"), "client leg not TLS: {o}");
+    // The server's leg: the server reports the session's cipher.
+    let cipher_line = o
+        .lines()
+        .find(|l| l.starts_with("Ssl_cipher"))
+        .unwrap_or_else(|| panic!("{o}"));
+    assert!(
+        cipher_line
+            .split('\t')
+            .nth(1)
+            .is_some_and(|c| !c.is_empty()),
+        "server leg not TLS: {o}"
+    );
+    assert!(o.contains("<masked:credit_card>"), "{o}");
+
+    // A wrong password: the server's refusal reaches the client.
+    let out = db.mysql(Some(&cg), "app", "wrong", &["--ssl", "shop"], "SELECT 1;\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("ERROR 1045 (28000)"),
+        "{}",
+        text(&out)
+    );
+    let s = d.wait_session(|s| {
+        s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("authentication failed"))
+    });
+    assert_eq!(s["protocol"], "mysql");
+
+    // Without TLS on a TLS-capable server: plain on both legs.
+    let out = db.mysql(
+        Some(&cg),
+        "app",
+        "secret",
+        &["--skip-ssl", "shop"],
+        "SHOW SESSION STATUS LIKE 'Ssl_cipher';\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("Ssl_cipher\t\n"), "{}", text(&out));
+}
+
+#[test]
+fn review_holds_until_approved() {
+    let db = MariaDb::start();
+    setup(&db);
+    let extra = r#"
+[[rule]]
+name = "deletes-need-review"
+match = { protocol = "mysql", sql.statement = ["delete"] }
+decision = "review"
+"#;
+    let d = Daemon::start(&policy(db.port, extra));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    let child = cg
+        .command("mysql")
+        .arg("--no-defaults")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &db.port.to_string(),
+            "-uapp",
+            "-psecret",
+            "shop",
+        ])
+        .args([
+            "-e",
+            "DELETE FROM customers WHERE id = 2; SELECT 'after' AS x;",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mysql");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let list: Vec<serde_json::Value> =
+            serde_json::from_str(&d.cli_ok(&["approvals", "list", "--json"])).unwrap();
+        if let Some(a) = list.first() {
+            assert!(
+                a["operation"].as_str().unwrap_or("").contains("DELETE"),
+                "{a:#}"
+            );
+            break a["id"].as_i64().unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no approval request appeared:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Held: nothing ran yet.
+    assert_eq!(
+        db.admin_ok("SELECT COUNT(*) FROM shop.customers").trim(),
+        "2"
+    );
+    d.cli_ok(&[
+        "approvals",
+        "approve",
+        &id.to_string(),
+        "--reason",
+        "looks fine",
+    ]);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout(&out).contains("after"), "{}", text(&out));
+    assert_eq!(
+        db.admin_ok("SELECT COUNT(*) FROM shop.customers").trim(),
+        "1"
+    );
+}
+
+#[test]
+fn bad_input_ends_only_that_session() {
+    ensure_connector();
+    let db = MariaDb::start();
+    setup(&db);
+    db.admin_ok("CREATE TABLE shop.big (v VARCHAR(200)); INSERT INTO shop.big SELECT REPEAT('x', 200) FROM shop.seq_1_to_200000;");
+    let d = Daemon::start_with(
+        &policy(db.port, ""),
+        "\n[limits]\nmax_message_bytes = 65536\n",
+    );
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    // A client that answers the handshake with a packet out of order.
+    let raw = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.recv(4096)
+s.sendall(b"\x05\x00\x00\x07hello")
+print(repr(s.recv(4096)))
+"#;
+    let out = python(Some(&cg), raw, &[&db.port.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = d.wait_session(|s| {
+        s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("out of order"))
+    });
+    let shown = d.session(s["id"].as_i64().unwrap());
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "error"
+                && e["error"].as_str().unwrap_or("").contains("out of order")),
+        "{shown:#}"
+    );
+
+    // An oversized packet (a 100 kB statement over a 64 kB limit).
+    let big = format!("SELECT '{}';\n", "y".repeat(100_000));
+    let out = db.mysql(Some(&cg), "app", "secret", &["shop"], &big);
+    assert!(!out.status.success(), "{}", text(&out));
+    d.wait_session(|s| {
+        s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("limits.max_message_bytes"))
+    });
+
+    // A client that disconnects in the middle of a large result.
+    let gone = r#"
+import os, sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app", password="secret",
+                            database="shop", use_pure=True, ssl_disabled=True)
+cur = c.cursor()
+cur.execute("SELECT v FROM big")
+cur.fetchone()
+os._exit(0)
+"#;
+    let out = python(Some(&cg), gone, &[&db.port.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = d.wait_session(|s| {
+        s["comm"] == "python3"
+            && s["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("client"))
+    });
+    assert_ne!(s["end_reason"], "closed", "{s:#}");
+
+    // Other sessions carry on.
+    let out = db.mysql(
+        Some(&cg),
+        "app",
+        "secret",
+        &["shop"],
+        "SELECT COUNT(*) FROM customers;\n",
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    assert!(stdout(&out).contains('2'));
+}
