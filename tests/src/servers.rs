@@ -65,6 +65,16 @@ impl Postgres {
 
     /// Starts with extra `-c name=value` settings.
     pub fn start_with(settings: &[&str]) -> Postgres {
+        Self::start_full(settings, false)
+    }
+
+    /// Starts with `ssl=on` and a self-signed certificate made by `openssl`
+    /// (plus extra settings).
+    pub fn start_tls(settings: &[&str]) -> Postgres {
+        Self::start_full(settings, true)
+    }
+
+    fn start_full(settings: &[&str], tls: bool) -> Postgres {
         let dir = tempfile::Builder::new()
             .prefix("interceptor-pg-")
             .tempdir()
@@ -91,6 +101,34 @@ impl Postgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb: {}", crate::text(&out));
+        if tls {
+            let out = Command::new("openssl")
+                .args([
+                    "req",
+                    "-new",
+                    "-x509",
+                    "-days",
+                    "2",
+                    "-nodes",
+                    "-subj",
+                    "/CN=localhost",
+                ])
+                .arg("-newkey")
+                .arg("rsa:2048")
+                .arg("-keyout")
+                .arg(data.join("server.key"))
+                .arg("-out")
+                .arg(data.join("server.crt"))
+                .output()
+                .expect("openssl");
+            assert!(out.status.success(), "openssl: {}", crate::text(&out));
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            chown_r(&data, uid, gid);
+        }
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
         chown_r(&dir.path().join("postgres.log"), uid, gid);
@@ -103,6 +141,9 @@ impl Postgres {
             .arg(dir.path())
             .args(["-c", "listen_addresses=127.0.0.1,::1", "-c", "fsync=off"])
             .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"]);
+        if tls {
+            cmd.args(["-c", "ssl=on"]);
+        }
         for s in settings {
             cmd.arg("-c").arg(s);
         }
@@ -141,6 +182,57 @@ impl Postgres {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    /// Creates a login role with a password stored for `method`
+    /// (`"scram-sha-256"` or `"md5"`) and makes TCP logins of that role
+    /// authenticate with that method (the other roles stay `trust`).
+    pub fn add_password_user(&self, name: &str, password: &str, method: &str) {
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        let lines =
+            format!("host all {name} 127.0.0.1/32 {method}\nhost all {name} ::1/128 {method}\n");
+        std::fs::write(&hba, format!("{lines}{old}")).expect("write pg_hba.conf");
+        let encryption = if method == "md5" {
+            "md5"
+        } else {
+            "scram-sha-256"
+        };
+        let out = self.psql(
+            None,
+            "127.0.0.1",
+            &format!(
+                "SET password_encryption = '{encryption}'; CREATE ROLE {name} LOGIN SUPERUSER PASSWORD '{password}'; SELECT pg_reload_conf();"
+            ),
+        );
+        assert!(out.status.success(), "create {name}: {}", crate::text(&out));
+        // The reload is asynchronous: wait until the role needs its password.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("psql")
+                .args([
+                    "-X",
+                    "-A",
+                    "-t",
+                    "-w",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                ])
+                .args(["-U", name, "-d", "postgres", "-c", "SELECT 1"])
+                .env_remove("PGPASSWORD")
+                .output()
+                .expect("run psql");
+            if !out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pg_hba.conf for {name} not reloaded"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `psql` against 127.0.0.1 (or `host`) as the superuser, optionally

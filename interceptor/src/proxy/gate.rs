@@ -402,6 +402,28 @@ impl Gate {
         self.shared.recorder.commit_all(writes).await
     }
 
+    /// Records one more run of a command that was judged earlier (each
+    /// Execute of a prepared statement judged at Parse time): the earlier
+    /// decision applies as is — no new policy decision, no new approval.
+    /// Committed before this returns, like [`judge`](Self::judge).
+    pub async fn record_decided(
+        &mut self,
+        op: &Op<'_>,
+        decision: &Decision,
+    ) -> Result<i64, RecordError> {
+        let seq = self.take_seq();
+        let text = self.masks.mask_text(op.text).into_owned();
+        self.record(
+            std::slice::from_ref(op),
+            &[seq],
+            &[text],
+            std::slice::from_ref(decision),
+            None,
+        )
+        .await?;
+        Ok(seq)
+    }
+
     /// The client-facing text of a refusal.
     fn denial(&self, d: &Decision, batch: bool, text: &str) -> String {
         let what = d.message.clone().unwrap_or_else(|| d.reason.clone());

@@ -1,0 +1,1549 @@
+//! One PostgreSQL session.
+//!
+//! 1. **Start-up.** SSLRequest is answered `S` and the client's TLS is
+//!    terminated with a certificate of the local CA (a direct TLS hello,
+//!    PostgreSQL 17's `sslnegotiation=direct`, too); GSSENCRequest is
+//!    answered `N` (the client falls back); a CancelRequest is relayed to
+//!    the server that issued the key. The StartupMessage names the user and
+//!    database (recorded on the session). When the client uses TLS, TLS is
+//!    asked of the server too, and used if it agrees.
+//! 2. **Authentication** is relayed both ways unchanged, except that
+//!    `SCRAM-SHA-256-PLUS` is struck from the server's offer when the
+//!    client's TLS ends here (channel binding cannot survive the
+//!    interception). A libpq client then sends the `y` channel-binding
+//!    flag, which a server on TLS refuses by design; for that case only,
+//!    the server leg is reopened in plain TCP and the exchange continues
+//!    there (logged and recorded as `tls_downgrade`).
+//! 3. **Commands.** Two loops run side by side. The client loop judges each
+//!    statement (simple Query, each Parse, FunctionCall) through the gate —
+//!    which records it durably, and holds it while a human reviews — and
+//!    forwards only what is allowed; each Execute of a prepared statement
+//!    is recorded under its Parse-time decision. The server loop matches
+//!    each reply to what was sent (a queue of [`Pending`] items in wire
+//!    order), masks DataRows, rewrites placeholder errors into refusals,
+//!    and records outcomes (duration, rows, error).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use policy::{ActiveMasks, Decision, Dialect, Operation, SqlStatement, Verdict};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::codec::{self, Frame, FrameReader, Frontend, Startup};
+use super::error::{CodecError, PgError};
+use super::mask::{self, RowPlan};
+use super::upstream::{self, BoxRead, BoxWrite, Stream};
+use crate::daemon::Shared;
+use crate::proxy::gate::{Classified, Gate, Judgement, Op};
+use crate::proxy::{ByteCounters, SessionCtx};
+use crate::record::{EventOutcome, WriteOp};
+
+/// How long a client may take to send its start-up packet.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Buffer sizes of the relayed directions.
+const WRITE_BUFFER: usize = 32 * 1024;
+/// Most named statements / portals tracked per session for recording.
+const MAX_TRACKED: usize = 10_000;
+/// The statement a refused one is replaced with: always a syntax error.
+const PLACEHOLDER: &str = "INTERCEPTOR_REFUSED";
+
+// ------------------------------------------------------------ cancel keys
+
+/// Where a backend key was issued, for CancelRequest relaying.
+#[derive(Debug, Clone, Copy)]
+struct CancelTarget {
+    addr: SocketAddr,
+    session: i64,
+}
+
+fn cancel_keys() -> &'static Mutex<HashMap<Vec<u8>, CancelTarget>> {
+    static KEYS: OnceLock<Mutex<HashMap<Vec<u8>, CancelTarget>>> = OnceLock::new();
+    KEYS.get_or_init(Default::default)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a session's backend key when the session ends.
+struct CancelGuard {
+    key: Vec<u8>,
+    session: i64,
+}
+
+impl CancelGuard {
+    fn register(key: &[u8], target: CancelTarget) -> CancelGuard {
+        lock(cancel_keys()).insert(key.to_vec(), target);
+        CancelGuard {
+            key: key.to_vec(),
+            session: target.session,
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let mut m = lock(cancel_keys());
+        if m.get(&self.key).is_some_and(|t| t.session == self.session) {
+            m.remove(&self.key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- start-up
+
+/// Reads one start-up packet body (after its length); `None` if the stream
+/// ends first.
+pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, PgError> {
+    let mut hdr = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut hdr[got..]).await.map_err(PgError::ClientIo)?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(PgError::Client(CodecError::Truncated))
+            };
+        }
+        got += n;
+    }
+    let len = codec::startup_len(hdr).map_err(PgError::Client)?;
+    let mut body = vec![0u8; len - 4];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            PgError::Client(CodecError::Truncated)
+        } else {
+            PgError::ClientIo(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+enum Opening {
+    Startup { client: Stream, body: Vec<u8> },
+    Cancel { key: Vec<u8> },
+    Closed,
+}
+
+async fn open_client(
+    shared: &Arc<Shared>,
+    dst: SocketAddr,
+    tcp: TcpStream,
+) -> Result<Opening, PgError> {
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(PgError::ClientIo)? == 0 {
+        return Ok(Opening::Closed);
+    }
+    let mut stream = if first[0] == 0x16 {
+        // A TLS ClientHello straight away (direct TLS negotiation).
+        upstream::accept_tls(shared, dst, tcp, true).await?
+    } else {
+        Stream::Plain(tcp)
+    };
+    for _ in 0..4 {
+        let Some(body) = read_startup(&mut stream).await? else {
+            return Ok(Opening::Closed);
+        };
+        match codec::decode_startup(&body).map_err(PgError::Client)? {
+            Startup::Ssl => {
+                let Stream::Plain(mut tcp) = stream else {
+                    return Err(PgError::Client(CodecError::malformed(
+                        "SSLRequest",
+                        "sent again inside TLS",
+                    )));
+                };
+                tcp.write_all(b"S").await.map_err(PgError::ClientIo)?;
+                // Nothing was read past the SSLRequest, so no plaintext
+                // sent ahead of the handshake can be mistaken for TLS data.
+                stream = upstream::accept_tls(shared, dst, tcp, false).await?;
+            }
+            Startup::GssEnc => {
+                stream.write_all(b"N").await.map_err(PgError::ClientIo)?;
+                stream.flush().await.map_err(PgError::ClientIo)?;
+            }
+            Startup::Cancel { key } => {
+                return Ok(Opening::Cancel { key: key.to_vec() });
+            }
+            Startup::Message { .. } => {
+                return Ok(Opening::Startup {
+                    client: stream,
+                    body,
+                });
+            }
+        }
+    }
+    Err(PgError::Client(CodecError::malformed(
+        "start-up",
+        "too many negotiation requests",
+    )))
+}
+
+/// Runs one session; returns why it ended.
+pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> String {
+    let dst = SocketAddr::new(ctx.target.addr, ctx.target.port);
+    let mut gate = Gate::new(
+        ctx.shared.clone(),
+        ctx.id,
+        ctx.workload.clone(),
+        ctx.target.clone(),
+    );
+    let opening =
+        match tokio::time::timeout(STARTUP_TIMEOUT, open_client(&ctx.shared, dst, client)).await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return ended(&mut gate, e).await,
+            Err(_) => return ended(&mut gate, PgError::StartupTimeout).await,
+        };
+    match opening {
+        Opening::Closed => "client closed before start-up".into(),
+        Opening::Cancel { key } => relay_cancel(&ctx, &mut gate, &key, upstream).await,
+        Opening::Startup { client, body } => {
+            match session(&ctx, &mut gate, dst, client, &body, upstream).await {
+                Ok(reason) => reason,
+                Err(e) => ended(&mut gate, e).await,
+            }
+        }
+    }
+}
+
+/// Logs and records why a session ended abnormally.
+async fn ended(gate: &mut Gate, e: PgError) -> String {
+    let reason = e.to_string();
+    match &e {
+        PgError::Client(_)
+        | PgError::Server(_)
+        | PgError::Unexpected(_)
+        | PgError::StartupTimeout => {
+            warn!(error = %reason, "ending session");
+            gate.note("protocol_error", None, Some(&reason)).await;
+        }
+        PgError::Record(_) => warn!(error = %reason, "ending session"),
+        _ => debug!(error = %reason, "session ended"),
+    }
+    reason
+}
+
+async fn relay_cancel(
+    ctx: &SessionCtx,
+    gate: &mut Gate,
+    key: &[u8],
+    mut upstream: TcpStream,
+) -> String {
+    let target = lock(cancel_keys()).get(key).copied();
+    let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    let mut body = codec::CANCEL_REQUEST.to_be_bytes().to_vec();
+    body.extend_from_slice(key);
+    let packet = codec::startup_packet(&body);
+    let dst = SocketAddr::new(ctx.target.addr, ctx.target.port);
+    let result = match target {
+        Some(t) if t.addr != dst => {
+            match crate::proxy::upstream::connect(
+                t.addr,
+                ctx.shared.config.socket_mark,
+                ctx.shared.config.upstream_connect_timeout,
+            )
+            .await
+            {
+                Ok(mut s) => s.write_all(&packet).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        _ => upstream.write_all(&packet).await.map_err(|e| e.to_string()),
+    };
+    let text = match target {
+        Some(t) => format!(
+            "CancelRequest for backend pid {pid} of session {}",
+            t.session
+        ),
+        None => {
+            format!("CancelRequest for backend pid {pid} (key not issued through this interceptor)")
+        }
+    };
+    gate.note(
+        "cancel",
+        Some(&text),
+        result.as_ref().err().map(String::as_str),
+    )
+    .await;
+    info!(pid, found = target.is_some(), "cancel request relayed");
+    match result {
+        Ok(()) => "cancel request relayed".into(),
+        Err(e) => format!("cancel request not relayed: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------- session
+
+async fn write_client(client: &mut Stream, bytes: &[u8]) -> Result<(), PgError> {
+    client.write_all(bytes).await.map_err(PgError::ClientIo)?;
+    client.flush().await.map_err(PgError::ClientIo)
+}
+
+/// Tells the client why its session ends (best effort).
+async fn fatal(client: &mut Stream, code: &str, message: &str) {
+    let _ = write_client(client, &codec::error_response("FATAL", code, message)).await;
+}
+
+async fn session(
+    ctx: &SessionCtx,
+    gate: &mut Gate,
+    dst: SocketAddr,
+    mut client: Stream,
+    startup: &[u8],
+    upstream_tcp: TcpStream,
+) -> Result<String, PgError> {
+    let max = ctx.shared.config.limits.max_message_bytes;
+    let (user, database) = match codec::decode_startup(startup) {
+        Ok(s) => {
+            let user = s.param("user").map(|u| u.into_owned());
+            let db = s
+                .param("database")
+                .map(|d| d.into_owned())
+                .or_else(|| user.clone());
+            (user, db)
+        }
+        Err(e) => return Err(PgError::Client(e)),
+    };
+    gate.set_target(user.clone(), database.clone()).await;
+    debug!(?user, ?database, tls = client.is_tls(), "start-up");
+
+    let client_tls = client.is_tls();
+    let mut server = if client_tls {
+        match upstream::negotiate(&ctx.shared, dst, upstream_tcp).await {
+            Ok(s) => s,
+            Err(e) => {
+                fatal(
+                    &mut client,
+                    "08001",
+                    &format!("interceptor: {e} (session {})", ctx.id),
+                )
+                .await;
+                return Err(e);
+            }
+        }
+    } else {
+        Stream::Plain(upstream_tcp)
+    };
+    if client_tls && !server.is_tls() {
+        warn!("the client uses TLS but the server does not offer it: the server leg is plain TCP");
+    }
+    let packet = codec::startup_packet(startup);
+    server.write_all(&packet).await.map_err(PgError::ServerIo)?;
+    server.flush().await.map_err(PgError::ServerIo)?;
+    ctx.bytes
+        .up
+        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+
+    let mut creader = FrameReader::new(client, max);
+    let mut sreader = FrameReader::new(server, max);
+    let mut cancel = None;
+    match authenticate(
+        ctx,
+        gate,
+        dst,
+        &mut creader,
+        &mut sreader,
+        &packet,
+        &mut cancel,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(Auth::Failed(m)) => return Ok(format!("authentication failed: {m}")),
+        Err(Auth::ClientGone) => return Ok("client closed during authentication".into()),
+        Err(Auth::Error(e)) => {
+            let msg = format!("interceptor: {e} (session {})", ctx.id);
+            fatal(creader.get_mut(), "08006", &msg).await;
+            return Err(e);
+        }
+    }
+    info!(
+        ?user,
+        ?database,
+        client_tls,
+        server_tls = sreader.get_mut().is_tls(),
+        "authenticated"
+    );
+
+    let (c, c_rest) = creader.into_parts();
+    let (s, s_rest) = sreader.into_parts();
+    let (cr, cw) = c.split();
+    let (sr, sw) = s.split();
+    let pipe = Arc::new(Pipeline::default());
+    let masks = gate.masks().clone();
+    let masks_active = !masks.is_empty();
+    let (stop_tx, stop_rx) = oneshot::channel::<Vec<u8>>();
+
+    let mut front = Front {
+        input: FrameReader::with_buffered(cr, max, c_rest),
+        st: FrontState {
+            session_id: ctx.id,
+            shared: ctx.shared.clone(),
+            gate,
+            out: BufWriter::with_capacity(WRITE_BUFFER, sw),
+            pipe: pipe.clone(),
+            portals: HashMap::new(),
+            discarding: false,
+            last_described: None,
+            masks_active,
+            scratch: Vec::new(),
+            bytes: ctx.bytes.clone(),
+        },
+    };
+    let mut back = Back {
+        input: FrameReader::with_buffered(sr, max, s_rest),
+        st: BackState {
+            shared: ctx.shared.clone(),
+            session_id: ctx.id,
+            plan: if masks_active {
+                RowPlan::blind(&masks)
+            } else {
+                RowPlan::default()
+            },
+            masks,
+            masks_active,
+            out: BufWriter::with_capacity(WRITE_BUFFER, cw),
+            pipe,
+            skipping: false,
+            copy_out_text: false,
+            scratch: Vec::new(),
+            bytes: ctx.bytes.clone(),
+        },
+    };
+
+    let front_fut = front.run();
+    let back_fut = back.run(stop_rx);
+    tokio::pin!(front_fut, back_fut);
+    let result = tokio::select! {
+        r = &mut front_fut => {
+            let goodbye = match &r {
+                Ok(_) => Vec::new(),
+                Err(e @ (PgError::Client(_) | PgError::Record(_))) => codec::error_response(
+                    "FATAL",
+                    if matches!(e, PgError::Client(_)) { "08P01" } else { "58000" },
+                    &format!("interceptor: {e} (session {})", ctx.id),
+                ),
+                Err(_) => Vec::new(),
+            };
+            let _ = stop_tx.send(goodbye);
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut back_fut).await;
+            r
+        }
+        r = &mut back_fut => r,
+    };
+    drop(cancel);
+    result
+}
+
+enum Auth {
+    Failed(String),
+    ClientGone,
+    Error(PgError),
+}
+
+impl From<PgError> for Auth {
+    fn from(e: PgError) -> Self {
+        Auth::Error(e)
+    }
+}
+
+fn frame_bytes(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    codec::message(&mut out, tag, |b| b.extend_from_slice(body));
+    out
+}
+
+/// Relays the authentication exchange until the server's first
+/// ReadyForQuery.
+async fn authenticate(
+    ctx: &SessionCtx,
+    gate: &mut Gate,
+    dst: SocketAddr,
+    client: &mut FrameReader<Stream>,
+    server: &mut FrameReader<Stream>,
+    startup_packet: &[u8],
+    cancel: &mut Option<CancelGuard>,
+) -> Result<(), Auth> {
+    let client_tls = client.get_mut().is_tls();
+    let mut sasl_initial = false;
+    enum Ev {
+        Server(Option<(u8, Vec<u8>)>),
+        Client(Option<(u8, Vec<u8>)>),
+    }
+    loop {
+        let ev = tokio::select! {
+            biased;
+            s = server.next_owned() => Ev::Server(s.map_err(PgError::server)?),
+            c = client.next_owned() => Ev::Client(c.map_err(PgError::client)?),
+        };
+        match ev {
+            Ev::Server(None) => {
+                return Err(PgError::Unexpected(
+                    "the server closed the connection during authentication".into(),
+                )
+                .into());
+            }
+            Ev::Server(Some((tag, body))) => {
+                ctx.bytes
+                    .down
+                    .fetch_add(body.len() as u64 + 5, Ordering::Relaxed);
+                let mut out = frame_bytes(tag, &body);
+                match tag {
+                    b'R' => {
+                        let code = codec::auth_code(&body).map_err(PgError::server)?;
+                        if code == 10 {
+                            sasl_initial = true;
+                            if client_tls {
+                                let mechs =
+                                    codec::sasl_mechanisms(&body).map_err(PgError::server)?;
+                                let kept: Vec<&[u8]> = mechs
+                                    .iter()
+                                    .copied()
+                                    .filter(|m| !m.ends_with(b"-PLUS"))
+                                    .collect();
+                                if kept.len() != mechs.len() && !kept.is_empty() {
+                                    debug!("SCRAM channel binding struck from the server's offer");
+                                    out = codec::auth_sasl(&kept);
+                                }
+                            }
+                        }
+                    }
+                    b'K' => {
+                        let key = codec::backend_key(&body).map_err(PgError::server)?;
+                        *cancel = Some(CancelGuard::register(
+                            key,
+                            CancelTarget {
+                                addr: dst,
+                                session: ctx.id,
+                            },
+                        ));
+                    }
+                    b'E' => {
+                        write_client(client.get_mut(), &out).await?;
+                        let fields = codec::error_fields(&body).map_err(PgError::server)?;
+                        let m = codec::error_field(&fields, b'M')
+                            .unwrap_or_default()
+                            .into_owned();
+                        gate.note("auth_error", None, Some(&m)).await;
+                        return Err(Auth::Failed(m));
+                    }
+                    _ => {}
+                }
+                write_client(client.get_mut(), &out).await?;
+                if tag == b'Z' {
+                    return Ok(());
+                }
+            }
+            Ev::Client(None) | Ev::Client(Some((b'X', _))) => return Err(Auth::ClientGone),
+            Ev::Client(Some((tag, body))) => {
+                ctx.bytes
+                    .up
+                    .fetch_add(body.len() as u64 + 5, Ordering::Relaxed);
+                if tag == b'p' && sasl_initial {
+                    sasl_initial = false;
+                    let (_, data) = codec::decode_sasl_initial(&body).map_err(PgError::client)?;
+                    let y_flag = data.is_some_and(|d| d.starts_with(b"y,"));
+                    if y_flag && client_tls && server.get_mut().is_tls() {
+                        *server = plain_scram_leg(ctx, gate, dst, client, startup_packet).await?;
+                    }
+                }
+                let out = frame_bytes(tag, &body);
+                let s = server.get_mut();
+                s.write_all(&out).await.map_err(PgError::ServerIo)?;
+                s.flush().await.map_err(PgError::ServerIo)?;
+            }
+        }
+    }
+}
+
+/// The server refuses the `y` channel-binding flag over TLS (a downgrade
+/// guard), and channel binding cannot cross the interception: reopens the
+/// server leg in plain TCP and brings it to the same SASL point.
+async fn plain_scram_leg(
+    ctx: &SessionCtx,
+    gate: &mut Gate,
+    dst: SocketAddr,
+    client: &mut FrameReader<Stream>,
+    startup_packet: &[u8],
+) -> Result<FrameReader<Stream>, Auth> {
+    warn!(
+        "SCRAM through terminated TLS: the client's channel-binding flag would be refused over TLS; continuing on a plain connection to the server"
+    );
+    gate.note(
+        "tls_downgrade",
+        Some("SCRAM-SHA-256 with a TLS client: the server leg was reopened without TLS (channel binding cannot cross the interception)"),
+        None,
+    )
+    .await;
+    let mut s = upstream::reconnect_plain(&ctx.shared, dst).await?;
+    s.write_all(startup_packet)
+        .await
+        .map_err(PgError::ServerIo)?;
+    s.flush().await.map_err(PgError::ServerIo)?;
+    let mut r = FrameReader::new(s, ctx.shared.config.limits.max_message_bytes);
+    loop {
+        match r.next_owned().await.map_err(PgError::server)? {
+            Some((b'R', body)) => {
+                if codec::auth_code(&body).map_err(PgError::server)? == 10 {
+                    return Ok(r);
+                }
+                return Err(PgError::Reconnect(
+                    "without TLS the server asks for another authentication method than SCRAM"
+                        .into(),
+                )
+                .into());
+            }
+            Some((b'E', body)) => {
+                write_client(client.get_mut(), &frame_bytes(b'E', &body)).await?;
+                let fields = codec::error_fields(&body).map_err(PgError::server)?;
+                let m = codec::error_field(&fields, b'M')
+                    .unwrap_or_default()
+                    .into_owned();
+                return Err(Auth::Failed(format!(
+                    "{m} (on the plain reconnect SCRAM needs)"
+                )));
+            }
+            Some((b'N' | b'v' | b'S', _)) => {}
+            Some((tag, _)) => {
+                return Err(PgError::Unexpected(format!(
+                    "message {:?} from the server while reopening the SCRAM exchange",
+                    tag as char
+                ))
+                .into());
+            }
+            None => {
+                return Err(
+                    PgError::Reconnect("the server closed the plain connection".into()).into(),
+                );
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------- shared state
+
+/// A prepared statement as judged at Parse time.
+struct StmtInfo {
+    text: String,
+    label: Option<String>,
+    /// The Parse-time decision; `None` for an empty statement.
+    decision: Option<Decision>,
+    /// Classification error (unparsed statements).
+    error: Option<String>,
+    classified: Classified,
+    /// The event recorded at Parse time stands for the first execution.
+    parse_seq: Option<i64>,
+    parse_seq_taken: AtomicBool,
+}
+
+impl StmtInfo {
+    fn claim_parse_seq(&self) -> Option<i64> {
+        if self.parse_seq.is_some() && !self.parse_seq_taken.swap(true, Ordering::Relaxed) {
+            self.parse_seq
+        } else {
+            None
+        }
+    }
+}
+
+/// A statement installed by a Parse that may fail: the previous one comes
+/// back if it does.
+struct Restore {
+    name: Vec<u8>,
+    new: Arc<StmtInfo>,
+    prev: Option<Arc<StmtInfo>>,
+}
+
+/// What the server owes for each message sent, in wire order.
+enum Pending {
+    /// A simple Query (or FunctionCall): replies up to ReadyForQuery.
+    Query {
+        seqs: Vec<i64>,
+        next: usize,
+        started: Instant,
+        /// Set when the query was refused and a placeholder sent instead.
+        denial: Option<String>,
+    },
+    Parse {
+        denial: Option<String>,
+        restore: Option<Restore>,
+    },
+    Bind,
+    /// `injected`: sent by the proxy to learn a portal's row description
+    /// for masking; its reply is not forwarded.
+    Describe {
+        injected: bool,
+    },
+    Execute {
+        seq: Option<i64>,
+        started: Instant,
+    },
+    Close,
+    Sync,
+}
+
+#[derive(Default)]
+struct Pipeline {
+    pending: Mutex<VecDeque<Pending>>,
+    statements: Mutex<HashMap<Vec<u8>, Arc<StmtInfo>>>,
+    /// The server is in COPY FROM STDIN: it ignores Sync (and Flush).
+    copy_in: AtomicBool,
+}
+
+impl Pipeline {
+    fn push(&self, p: Pending) {
+        lock(&self.pending).push_back(p);
+    }
+
+    fn restore(&self, r: Restore) {
+        let mut st = lock(&self.statements);
+        if st.get(&r.name).is_some_and(|cur| Arc::ptr_eq(cur, &r.new)) {
+            match r.prev {
+                Some(p) => {
+                    st.insert(r.name, p);
+                }
+                None => {
+                    st.remove(&r.name);
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------ client side
+
+struct Portal {
+    stmt: Option<Arc<StmtInfo>>,
+    statement: Vec<u8>,
+    seq: Option<i64>,
+    executed: bool,
+}
+
+struct Front<'g> {
+    input: FrameReader<BoxRead>,
+    st: FrontState<'g>,
+}
+
+struct FrontState<'g> {
+    session_id: i64,
+    shared: Arc<Shared>,
+    gate: &'g mut Gate,
+    out: BufWriter<BoxWrite>,
+    pipe: Arc<Pipeline>,
+    portals: HashMap<Vec<u8>, Portal>,
+    /// After a refused message of a batch: drop everything up to Sync, as
+    /// the server does after an error.
+    discarding: bool,
+    /// The portal named by the last message sent, if it was Describe.
+    last_described: Option<Vec<u8>>,
+    masks_active: bool,
+    scratch: Vec<u8>,
+    bytes: Arc<ByteCounters>,
+}
+
+impl Front<'_> {
+    async fn run(&mut self) -> Result<String, PgError> {
+        loop {
+            if !self.input.has_frame() {
+                self.st.out.flush().await.map_err(PgError::ServerIo)?;
+            }
+            let Some(frame) = self.input.next().await.map_err(PgError::client)? else {
+                return Ok("client closed the connection".into());
+            };
+            self.st
+                .bytes
+                .up
+                .fetch_add(frame.raw.len() as u64, Ordering::Relaxed);
+            let msg = codec::decode_frontend(frame).map_err(PgError::client)?;
+            if let Some(reason) = self.st.handle(msg, frame).await? {
+                self.st.out.flush().await.map_err(PgError::ServerIo)?;
+                return Ok(reason);
+            }
+        }
+    }
+}
+
+impl FrontState<'_> {
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), PgError> {
+        self.out.write_all(bytes).await.map_err(PgError::ServerIo)
+    }
+
+    /// Handles one client message; `Some(reason)` ends the session.
+    async fn handle(
+        &mut self,
+        msg: Frontend<'_>,
+        frame: Frame<'_>,
+    ) -> Result<Option<String>, PgError> {
+        match msg {
+            Frontend::Query(text) => {
+                if !self.discarding {
+                    self.query(text, frame.raw).await?;
+                }
+            }
+            Frontend::Parse { name, query } => {
+                if !self.discarding {
+                    self.parse(name, query, frame.raw).await?;
+                }
+            }
+            Frontend::Bind { portal, statement } => {
+                if !self.discarding {
+                    self.bind(portal, statement, frame.raw).await?;
+                }
+            }
+            Frontend::Execute { portal, .. } => {
+                if !self.discarding {
+                    self.execute(portal, frame.raw).await?;
+                }
+            }
+            Frontend::Describe { kind, name } => {
+                if !self.discarding {
+                    self.pipe.push(Pending::Describe { injected: false });
+                    self.send(frame.raw).await?;
+                    self.last_described = (kind == b'P').then(|| name.to_vec());
+                }
+            }
+            Frontend::Close { kind, name } => {
+                if !self.discarding {
+                    self.pipe.push(Pending::Close);
+                    self.send(frame.raw).await?;
+                    self.last_described = None;
+                    if kind == b'S' {
+                        lock(&self.pipe.statements).remove(name);
+                    } else {
+                        self.portals.remove(name);
+                    }
+                }
+            }
+            Frontend::Sync => {
+                self.discarding = false;
+                self.last_described = None;
+                // During COPY FROM STDIN the server ignores Sync: it
+                // owes nothing for it.
+                if !self.pipe.copy_in.load(Ordering::Acquire) {
+                    self.pipe.push(Pending::Sync);
+                }
+                self.send(frame.raw).await?;
+            }
+            Frontend::Flush => {
+                if !self.discarding {
+                    self.send(frame.raw).await?;
+                    self.out.flush().await.map_err(PgError::ServerIo)?;
+                }
+            }
+            Frontend::Terminate => {
+                self.send(frame.raw).await?;
+                return Ok(Some("client terminated the session".into()));
+            }
+            Frontend::CopyData => self.send(frame.raw).await?,
+            Frontend::CopyDone | Frontend::CopyFail => {
+                self.pipe.copy_in.store(false, Ordering::Release);
+                self.send(frame.raw).await?;
+            }
+            Frontend::FunctionCall { oid } => {
+                if !self.discarding {
+                    self.function_call(oid, frame.raw).await?;
+                }
+            }
+            // Outside authentication the server refuses it itself.
+            Frontend::Password => self.send(frame.raw).await?,
+        }
+        Ok(None)
+    }
+
+    /// Judges SQL text (one or more statements); `None` for empty text.
+    async fn judge(
+        &mut self,
+        classified: &Classified,
+        text: &str,
+        kind: &'static str,
+    ) -> Result<Option<Judgement>, PgError> {
+        let error: String;
+        let mut ops: Vec<Op<'_>> = match &**classified {
+            Ok(stmts) if stmts.is_empty() => return Ok(None),
+            Ok(stmts) => stmts.iter().map(|s| sql_op(s, kind)).collect(),
+            Err(e) => {
+                error = e.to_string();
+                vec![Op {
+                    operation: Operation::SqlUnparsed {
+                        text,
+                        error: &error,
+                    },
+                    kind,
+                    text,
+                    label: Some("unparsed".into()),
+                    shape: None,
+                    detail: None,
+                }]
+            }
+        };
+        self.add_shapes(&mut ops);
+        self.judge_ops(&ops).await.map(Some)
+    }
+
+    /// Statement shapes are only needed for approvals: computed only for
+    /// ops the policy would hold for review.
+    fn add_shapes(&self, ops: &mut [Op<'_>]) {
+        let policy = self.shared.policy();
+        for op in ops {
+            if policy
+                .decide(&self.gate.workload, &self.gate.target, &op.operation)
+                .verdict
+                == Verdict::Review
+            {
+                op.shape = Some(policy::sql::shape(op.text, Dialect::Postgres));
+            }
+        }
+    }
+
+    async fn judge_ops(&mut self, ops: &[Op<'_>]) -> Result<Judgement, PgError> {
+        // A review may hold for minutes: what was already forwarded must
+        // not wait behind it.
+        if !self.out.buffer().is_empty() {
+            self.out.flush().await.map_err(PgError::ServerIo)?;
+        }
+        Ok(self.gate.judge(ops).await?)
+    }
+
+    async fn query(&mut self, text: &str, raw: &[u8]) -> Result<(), PgError> {
+        let classified = self.gate.classify(text, Dialect::Postgres);
+        match self.judge(&classified, text, "statement").await? {
+            Some(j) if !j.allowed => {
+                self.pipe.push(Pending::Query {
+                    seqs: Vec::new(),
+                    next: 0,
+                    started: Instant::now(),
+                    denial: Some(j.message),
+                });
+                let placeholder = codec::query(&self.placeholder());
+                self.send(&placeholder).await?;
+            }
+            j => {
+                self.pipe.push(Pending::Query {
+                    seqs: j.map(|j| j.seqs).unwrap_or_default(),
+                    next: 0,
+                    started: Instant::now(),
+                    denial: None,
+                });
+                self.send(raw).await?;
+            }
+        }
+        self.last_described = None;
+        Ok(())
+    }
+
+    fn placeholder(&self) -> String {
+        format!(
+            "{PLACEHOLDER} /* interceptor session {} */",
+            self.session_id
+        )
+    }
+
+    async fn parse(&mut self, name: &[u8], query: &str, raw: &[u8]) -> Result<(), PgError> {
+        let classified = self.gate.classify(query, Dialect::Postgres);
+        let judged = self.judge(&classified, query, "statement").await?;
+        self.last_described = None;
+        if let Some(j) = judged.as_ref().filter(|j| !j.allowed) {
+            self.pipe.push(Pending::Parse {
+                denial: Some(j.message.clone()),
+                restore: None,
+            });
+            let placeholder = codec::parse(name, &self.placeholder());
+            self.send(&placeholder).await?;
+            if name.is_empty() {
+                // Any Parse of the unnamed statement drops the old one.
+                lock(&self.pipe.statements).remove(name);
+            }
+            self.discarding = true;
+            return Ok(());
+        }
+        let label = match &*classified {
+            Ok(s) => s.first().map(|s| s.kind().as_str().to_string()),
+            Err(_) => Some("unparsed".to_string()),
+        };
+        let info = Arc::new(StmtInfo {
+            text: query.to_string(),
+            label,
+            error: classified.as_ref().as_ref().err().map(|e| e.to_string()),
+            classified: classified.clone(),
+            parse_seq: judged.as_ref().and_then(|j| j.seqs.first().copied()),
+            decision: judged.map(|j| j.decision),
+            parse_seq_taken: AtomicBool::new(false),
+        });
+        let restore = {
+            let mut st = lock(&self.pipe.statements);
+            if !name.is_empty() && st.len() >= MAX_TRACKED && !st.contains_key(name) {
+                // Too many to track: later Executes are recorded as of an
+                // unknown statement.
+                None
+            } else {
+                let prev = st.insert(name.to_vec(), info.clone());
+                (!name.is_empty() && prev.is_some()).then(|| Restore {
+                    name: name.to_vec(),
+                    new: info,
+                    prev,
+                })
+            }
+        };
+        self.pipe.push(Pending::Parse {
+            denial: None,
+            restore,
+        });
+        self.send(raw).await
+    }
+
+    async fn bind(&mut self, portal: &[u8], statement: &[u8], raw: &[u8]) -> Result<(), PgError> {
+        let stmt = lock(&self.pipe.statements).get(statement).cloned();
+        let seq = stmt.as_ref().and_then(|s| s.claim_parse_seq());
+        if self.portals.len() >= MAX_TRACKED && !self.portals.contains_key(portal) {
+            self.portals.retain(|k, _| k.is_empty());
+        }
+        self.portals.insert(
+            portal.to_vec(),
+            Portal {
+                stmt,
+                statement: statement.to_vec(),
+                seq,
+                executed: false,
+            },
+        );
+        self.pipe.push(Pending::Bind);
+        self.last_described = None;
+        self.send(raw).await
+    }
+
+    async fn execute(&mut self, portal: &[u8], raw: &[u8]) -> Result<(), PgError> {
+        let seq = self.execution_seq(portal).await?;
+        if self.masks_active && self.last_described.as_deref() != Some(portal) {
+            // The row description (formats included) of exactly this
+            // portal, so that its DataRows can be masked.
+            self.pipe.push(Pending::Describe { injected: true });
+            self.scratch.clear();
+            codec::describe_portal(&mut self.scratch, portal);
+            let d = std::mem::take(&mut self.scratch);
+            self.send(&d).await?;
+            self.scratch = d;
+        }
+        self.pipe.push(Pending::Execute {
+            seq,
+            started: Instant::now(),
+        });
+        self.last_described = None;
+        self.send(raw).await
+    }
+
+    /// The event of this execution: the Parse event for a statement's
+    /// first execution, a new `execute` event (under the Parse-time
+    /// decision) for later ones. A portal runs its statement once, so its
+    /// further Executes (fetching more rows) add no event.
+    async fn execution_seq(&mut self, portal: &[u8]) -> Result<Option<i64>, PgError> {
+        let (stmt, statement, known) = match self.portals.get_mut(portal) {
+            Some(p) if p.executed => return Ok(p.seq),
+            Some(p) => {
+                p.executed = true;
+                if p.seq.is_some() {
+                    return Ok(p.seq);
+                }
+                (p.stmt.clone(), p.statement.clone(), true)
+            }
+            None => (None, Vec::new(), false),
+        };
+        let seq = match &stmt {
+            Some(info) => match &info.decision {
+                None => None, // empty statement: nothing runs
+                Some(decision) => {
+                    let detail = serde_json::json!({
+                        "statement": String::from_utf8_lossy(&statement),
+                        "parse_seq": info.parse_seq,
+                    });
+                    let operation = match (&*info.classified, &info.error) {
+                        (Ok(s), _) if !s.is_empty() => Operation::Sql(&s[0]),
+                        (_, e) => Operation::SqlUnparsed {
+                            text: &info.text,
+                            error: e.as_deref().unwrap_or(""),
+                        },
+                    };
+                    let op = Op {
+                        operation,
+                        kind: "execute",
+                        text: &info.text,
+                        label: info.label.clone(),
+                        shape: None,
+                        detail: Some(detail),
+                    };
+                    Some(self.gate.record_decided(&op, decision).await?)
+                }
+            },
+            None => {
+                // A portal or statement made outside the extended protocol
+                // (SQL DECLARE CURSOR / PREPARE, judged as such) or unknown
+                // to the server (which will say so).
+                let text = if known {
+                    format!(
+                        "EXECUTE of prepared statement \"{}\" (prepared by SQL PREPARE or unknown)",
+                        String::from_utf8_lossy(&statement)
+                    )
+                } else {
+                    format!(
+                        "EXECUTE of portal \"{}\" (a cursor declared by SQL, or unknown)",
+                        String::from_utf8_lossy(portal)
+                    )
+                };
+                let decision = Decision {
+                    verdict: Verdict::Allow,
+                    rule: None,
+                    message: None,
+                    reason: "runs a statement created by an earlier judged statement (or fails on the server)".into(),
+                };
+                let op = Op {
+                    operation: Operation::SqlUnparsed {
+                        text: &text,
+                        error: "",
+                    },
+                    kind: "execute",
+                    text: &text,
+                    label: None,
+                    shape: None,
+                    detail: None,
+                };
+                Some(self.gate.record_decided(&op, &decision).await?)
+            }
+        };
+        if let Some(p) = self.portals.get_mut(portal) {
+            p.seq = seq;
+        }
+        Ok(seq)
+    }
+
+    async fn function_call(&mut self, oid: u32, raw: &[u8]) -> Result<(), PgError> {
+        // The fast-path interface calls a function by OID, outside SQL:
+        // judged as unparsed SQL (never allowed by default).
+        let text = format!("FunctionCall (fast-path) of function OID {oid}");
+        let op = Op {
+            operation: Operation::SqlUnparsed {
+                text: &text,
+                error: "fast-path function call, not SQL",
+            },
+            kind: "statement",
+            text: &text,
+            label: Some("function_call".into()),
+            shape: None,
+            detail: None,
+        };
+        let mut ops = [op];
+        self.add_shapes(&mut ops);
+        let j = self.judge_ops(&ops).await?;
+        self.last_described = None;
+        if j.allowed {
+            self.pipe.push(Pending::Query {
+                seqs: j.seqs,
+                next: 0,
+                started: Instant::now(),
+                denial: None,
+            });
+            self.send(raw).await
+        } else {
+            // Answered like a FunctionCall: an error, then ReadyForQuery.
+            self.pipe.push(Pending::Query {
+                seqs: Vec::new(),
+                next: 0,
+                started: Instant::now(),
+                denial: Some(j.message),
+            });
+            let placeholder = codec::query(&self.placeholder());
+            self.send(&placeholder).await
+        }
+    }
+}
+
+fn sql_op<'a>(s: &'a SqlStatement, kind: &'static str) -> Op<'a> {
+    Op {
+        operation: Operation::Sql(s),
+        kind,
+        text: &s.text,
+        label: Some(s.kind().as_str().to_string()),
+        shape: None,
+        detail: None,
+    }
+}
+
+// ------------------------------------------------------------ server side
+
+struct Back {
+    input: FrameReader<BoxRead>,
+    st: BackState,
+}
+
+struct BackState {
+    shared: Arc<Shared>,
+    session_id: i64,
+    masks: ActiveMasks,
+    masks_active: bool,
+    out: BufWriter<BoxWrite>,
+    pipe: Arc<Pipeline>,
+    plan: RowPlan,
+    /// After an error in an extended-protocol batch the server skips to
+    /// Sync.
+    skipping: bool,
+    copy_out_text: bool,
+    scratch: Vec<u8>,
+    bytes: Arc<ByteCounters>,
+}
+
+impl Back {
+    async fn run(&mut self, mut stop: oneshot::Receiver<Vec<u8>>) -> Result<String, PgError> {
+        loop {
+            if !self.input.has_frame() {
+                self.st.out.flush().await.map_err(PgError::ClientIo)?;
+            }
+            let next = tokio::select! {
+                biased;
+                f = self.input.next() => f.map_err(PgError::server)?,
+                goodbye = &mut stop => {
+                    if let Ok(msg) = goodbye
+                        && !msg.is_empty()
+                    {
+                        let _ = self.st.out.write_all(&msg).await;
+                    }
+                    let _ = self.st.out.flush().await;
+                    return Ok(String::new());
+                }
+            };
+            let Some(frame) = next else {
+                self.st.out.flush().await.map_err(PgError::ClientIo)?;
+                return Ok("server closed the connection".into());
+            };
+            self.st
+                .bytes
+                .down
+                .fetch_add(frame.raw.len() as u64, Ordering::Relaxed);
+            self.st.handle(frame).await?;
+        }
+    }
+}
+
+/// Which message the server sent while something else was expected.
+fn out_of_step(got: u8, expected: Option<&Pending>) -> PgError {
+    let exp = match expected {
+        None => "nothing",
+        Some(Pending::Query { .. }) => "a Query reply",
+        Some(Pending::Parse { .. }) => "ParseComplete",
+        Some(Pending::Bind) => "BindComplete",
+        Some(Pending::Describe { .. }) => "a Describe reply",
+        Some(Pending::Execute { .. }) => "an Execute reply",
+        Some(Pending::Close) => "CloseComplete",
+        Some(Pending::Sync) => "ReadyForQuery",
+    };
+    PgError::Unexpected(format!(
+        "message {:?} from the server while expecting {exp}",
+        got as char
+    ))
+}
+
+impl BackState {
+    async fn forward(&mut self, bytes: &[u8]) -> Result<(), PgError> {
+        self.out.write_all(bytes).await.map_err(PgError::ClientIo)
+    }
+
+    fn reset_plan(&mut self) {
+        if self.masks_active {
+            self.plan = RowPlan::blind(&self.masks);
+        }
+    }
+
+    async fn outcome(
+        &mut self,
+        seq: i64,
+        started: Instant,
+        rows: Option<i64>,
+        error: Option<String>,
+    ) {
+        let error = error.map(|e| self.masks.mask_text(&e).into_owned());
+        let op = WriteOp::EventOutcome(EventOutcome {
+            session_id: self.session_id,
+            seq,
+            duration_us: Some(started.elapsed().as_micros().min(i64::MAX as u128) as i64),
+            rows,
+            error,
+        });
+        if let Err(e) = self.shared.recorder.enqueue(op).await {
+            warn!(error = %e, "cannot record a statement's outcome");
+        }
+    }
+
+    async fn handle(&mut self, f: Frame<'_>) -> Result<(), PgError> {
+        match f.tag {
+            b'D' => {
+                if self.plan.is_active() {
+                    let mut buf = std::mem::take(&mut self.scratch);
+                    let changed = self
+                        .plan
+                        .mask_row(&self.masks, f.body, &mut buf)
+                        .map_err(PgError::server)?;
+                    let r = self.forward(if changed { &buf } else { f.raw }).await;
+                    self.scratch = buf;
+                    return r;
+                }
+                self.forward(f.raw).await
+            }
+            b'C' => {
+                let rows = codec::tag_rows(codec::command_tag(f.body).map_err(PgError::server)?);
+                let done = {
+                    let mut q = lock(&self.pipe.pending);
+                    match q.front_mut() {
+                        Some(Pending::Query {
+                            seqs,
+                            next,
+                            started,
+                            ..
+                        }) => {
+                            let r = seqs.get(*next).map(|s| (*s, *started));
+                            *next += 1;
+                            *started = Instant::now();
+                            r
+                        }
+                        Some(Pending::Execute { .. }) => match q.pop_front() {
+                            Some(Pending::Execute { seq, started }) => seq.map(|s| (s, started)),
+                            _ => None,
+                        },
+                        other => return Err(out_of_step(f.tag, other.map(|p| &*p))),
+                    }
+                };
+                self.pipe.copy_in.store(false, Ordering::Release);
+                self.copy_out_text = false;
+                self.reset_plan();
+                if let Some((seq, started)) = done {
+                    self.outcome(seq, started, rows, None).await;
+                }
+                self.forward(f.raw).await
+            }
+            b'T' => {
+                if self.masks_active {
+                    self.plan = RowPlan::new(f.body, &self.masks).map_err(PgError::server)?;
+                }
+                if self.reply_to_describe(f.tag)? {
+                    return Ok(());
+                }
+                self.forward(f.raw).await
+            }
+            b'n' => {
+                self.reset_plan();
+                if self.reply_to_describe(f.tag)? {
+                    return Ok(());
+                }
+                self.forward(f.raw).await
+            }
+            b't' => {
+                {
+                    let q = lock(&self.pipe.pending);
+                    match q.front() {
+                        Some(Pending::Describe { injected: false }) => {}
+                        other => return Err(out_of_step(f.tag, other)),
+                    }
+                }
+                self.forward(f.raw).await
+            }
+            b'1' | b'2' | b'3' => {
+                {
+                    let mut q = lock(&self.pipe.pending);
+                    let ok = matches!(
+                        (f.tag, q.front()),
+                        (b'1', Some(Pending::Parse { denial: None, .. }))
+                            | (b'2', Some(Pending::Bind))
+                            | (b'3', Some(Pending::Close))
+                    );
+                    if !ok {
+                        return Err(out_of_step(f.tag, q.front()));
+                    }
+                    q.pop_front();
+                }
+                self.forward(f.raw).await
+            }
+            b'I' => {
+                {
+                    let mut q = lock(&self.pipe.pending);
+                    match q.front() {
+                        Some(Pending::Execute { .. }) => {
+                            q.pop_front();
+                        }
+                        Some(Pending::Query { .. }) => {}
+                        other => return Err(out_of_step(f.tag, other)),
+                    }
+                }
+                self.reset_plan();
+                self.forward(f.raw).await
+            }
+            b's' => {
+                let done = {
+                    let mut q = lock(&self.pipe.pending);
+                    match q.pop_front() {
+                        Some(Pending::Execute { seq, started }) => seq.map(|s| (s, started)),
+                        other => return Err(out_of_step(f.tag, other.as_ref())),
+                    }
+                };
+                self.reset_plan();
+                if let Some((seq, started)) = done {
+                    self.outcome(seq, started, None, None).await;
+                }
+                self.forward(f.raw).await
+            }
+            b'E' => self.error(f).await,
+            b'Z' => {
+                codec::ready_status(f.body).map_err(PgError::server)?;
+                {
+                    let mut q = lock(&self.pipe.pending);
+                    let skipping = self.skipping;
+                    loop {
+                        match q.pop_front() {
+                            None | Some(Pending::Sync) => break,
+                            Some(Pending::Query { .. }) if !skipping => break,
+                            Some(Pending::Parse {
+                                restore: Some(r), ..
+                            }) => self.pipe.restore(r),
+                            Some(_) => {}
+                        }
+                    }
+                }
+                self.skipping = false;
+                self.copy_out_text = false;
+                self.pipe.copy_in.store(false, Ordering::Release);
+                self.reset_plan();
+                self.forward(f.raw).await
+            }
+            b'G' => {
+                // COPY FROM STDIN: Syncs the server reads from now until the
+                // copy ends are ignored by it.
+                self.pipe.copy_in.store(true, Ordering::Release);
+                {
+                    let mut q = lock(&self.pipe.pending);
+                    let mut i = 1;
+                    while i < q.len() {
+                        if matches!(q.get(i), Some(Pending::Sync)) {
+                            q.remove(i);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                self.forward(f.raw).await
+            }
+            b'H' => {
+                self.copy_out_text = codec::copy_format(f.body).map_err(PgError::server)? == 0;
+                self.forward(f.raw).await
+            }
+            b'd' => {
+                if self.copy_out_text
+                    && self.masks_active
+                    && let Some(m) = mask::mask_copy_row(&self.masks, f.body)
+                {
+                    return self.forward(&m).await;
+                }
+                self.forward(f.raw).await
+            }
+            b'c' => {
+                self.copy_out_text = false;
+                self.forward(f.raw).await
+            }
+            b'N' => {
+                if self.masks_active
+                    && let Some(m) =
+                        mask::mask_error(&self.masks, b'N', f.body).map_err(PgError::server)?
+                {
+                    return self.forward(&m).await;
+                }
+                self.forward(f.raw).await
+            }
+            b'A' => {
+                if self.masks_active
+                    && let Some(m) =
+                        mask::mask_notification(&self.masks, f.body).map_err(PgError::server)?
+                {
+                    return self.forward(&m).await;
+                }
+                self.forward(f.raw).await
+            }
+            _ => self.forward(f.raw).await,
+        }
+    }
+
+    /// A RowDescription or NoData: if it answers a Describe, pops it;
+    /// true when the Describe was ours (the reply is not forwarded).
+    fn reply_to_describe(&mut self, tag: u8) -> Result<bool, PgError> {
+        let mut q = lock(&self.pipe.pending);
+        match q.front() {
+            Some(Pending::Describe { injected }) => {
+                let injected = *injected;
+                q.pop_front();
+                Ok(injected)
+            }
+            Some(Pending::Query { .. }) if tag == b'T' => Ok(false),
+            other => Err(out_of_step(tag, other)),
+        }
+    }
+
+    async fn error(&mut self, f: Frame<'_>) -> Result<(), PgError> {
+        let fields = codec::error_fields(f.body).map_err(PgError::server)?;
+        let severity = codec::error_field(&fields, b'V')
+            .or_else(|| codec::error_field(&fields, b'S'))
+            .unwrap_or_default()
+            .into_owned();
+        let message = codec::error_field(&fields, b'M')
+            .unwrap_or_default()
+            .into_owned();
+        let mut denial = None;
+        let mut done = None;
+        {
+            let mut q = lock(&self.pipe.pending);
+            match q.front_mut() {
+                Some(Pending::Query {
+                    seqs,
+                    next,
+                    started,
+                    denial: d,
+                }) => {
+                    denial = d.clone();
+                    if d.is_none() {
+                        done = seqs.get(*next).map(|s| (*s, *started));
+                    }
+                }
+                // An error at Sync (commit) or one not tied to a message.
+                Some(Pending::Sync) | None => {}
+                Some(_) => {
+                    self.skipping = true;
+                    match q.pop_front() {
+                        Some(Pending::Parse { denial: d, restore }) => {
+                            denial = d;
+                            if let Some(r) = restore {
+                                self.pipe.restore(r);
+                            }
+                        }
+                        Some(Pending::Execute { seq, started }) => done = seq.map(|s| (s, started)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        self.pipe.copy_in.store(false, Ordering::Release);
+        self.copy_out_text = false;
+        self.reset_plan();
+        if let Some((seq, started)) = done {
+            self.outcome(seq, started, None, Some(message)).await;
+        }
+        if let Some(d) = denial.filter(|_| severity == "ERROR") {
+            // The placeholder's syntax error becomes the refusal.
+            let e = codec::error_response("ERROR", "42501", &d);
+            return self.forward(&e).await;
+        }
+        if self.masks_active
+            && let Some(m) = mask::mask_error(&self.masks, b'E', f.body).map_err(PgError::server)?
+        {
+            return self.forward(&m).await;
+        }
+        self.forward(f.raw).await
+    }
+}
