@@ -35,7 +35,28 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    identity: RawIdentity,
 }
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    enroll_socket: Option<PathBuf>,
+    #[serde(default)]
+    issuer: Vec<crate::identity::token::IssuerConfig>,
+}
+
+/// Workload identity: where workloads enroll and whose tokens are accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityConfig {
+    /// Socket any local process may use to enroll its own cgroup (0666;
+    /// it accepts nothing else).
+    pub enroll_socket: PathBuf,
+    pub issuers: Vec<crate::identity::token::IssuerConfig>,
+}
+
+pub const DEFAULT_ENROLL_SOCKET: &str = "/run/interceptor/enroll.sock";
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +158,7 @@ pub struct Config {
     pub approvals: ApprovalConfig,
     pub tls: TlsConfig,
     pub limits: Limits,
+    pub identity: IdentityConfig,
 }
 
 impl Default for Config {
@@ -167,6 +189,10 @@ impl Default for Config {
             },
             limits: Limits {
                 max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            },
+            identity: IdentityConfig {
+                enroll_socket: DEFAULT_ENROLL_SOCKET.into(),
+                issuers: Vec::new(),
             },
         }
     }
@@ -280,7 +306,24 @@ impl Config {
             upstream_verify: raw.tls.upstream_verify.unwrap_or(false),
             upstream_ca_file: raw.tls.upstream_ca_file.map(resolve),
         };
+        let identity = IdentityConfig {
+            enroll_socket: raw
+                .identity
+                .enroll_socket
+                .map(resolve)
+                .unwrap_or(defaults.identity.enroll_socket),
+            issuers: raw
+                .identity
+                .issuer
+                .into_iter()
+                .map(|mut i| {
+                    i.jwks_file = i.jwks_file.map(resolve);
+                    i
+                })
+                .collect(),
+        };
         Ok(Config {
+            identity,
             tls,
             limits: Limits { max_message_bytes },
             source: Some(path.to_path_buf()),

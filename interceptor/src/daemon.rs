@@ -15,6 +15,9 @@ use crate::approval::{Approvals, Resolution};
 use crate::config::Config;
 use crate::control::{self, AttachResult, CgroupSelector, InterceptInfo, Status};
 use crate::identity::CgroupPaths;
+use crate::identity::enroll::{Enrollment, Enrollments, now_unix};
+use crate::identity::jwks::HttpsFetcher;
+use crate::identity::token::Verifier;
 use crate::proxy::gate::SqlCache;
 use crate::proxy::tls::{self, LocalCa};
 use crate::proxy::{self, ProxyCounters, Sessions};
@@ -42,6 +45,9 @@ pub struct Shared {
     pub tls: Arc<LocalCa>,
     /// Client configuration for TLS to original destinations.
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    pub enrollments: Enrollments,
+    /// None when no `[[identity.issuer]]` is configured.
+    pub verifier: Option<Verifier>,
 }
 
 impl Shared {
@@ -163,6 +169,137 @@ impl Shared {
         Ok(serde_json::json!({ "id": id, "status": status, "by": by_name, "at": at }))
     }
 
+    /// Verifies a token and binds it to the caller's cgroup.
+    pub async fn enroll(
+        &self,
+        token: &str,
+        peer: control::server::Peer,
+    ) -> Result<serde_json::Value> {
+        let pid = peer
+            .pid
+            .context("cannot tell which process is enrolling (no peer pid)")?;
+        let path = self.cgroup.of_pid(pid)?;
+        if path == "/" {
+            bail!(
+                "refusing to enroll the root cgroup: run `interceptor enroll` from inside the workload's own cgroup"
+            );
+        }
+        let cgroup_id = self.cgroup.id_of(&path)?;
+        let Some(verifier) = &self.verifier else {
+            bail!(
+                "no [[identity.issuer]] is configured in {}; enrollment is not possible",
+                self.config
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the daemon configuration".into())
+            );
+        };
+        let at = record::now_rfc3339();
+        match verifier.verify(token.trim(), now_unix()).await {
+            Err(e) => {
+                warn!(cgroup = %path, pid, error = %e, "enrollment rejected");
+                self.recorder
+                    .commit(WriteOp::Enrollment(Box::new(
+                        crate::record::EnrollmentRecord {
+                            at,
+                            status: "rejected",
+                            reason: Some(e.to_string()),
+                            cgroup_path: path.clone(),
+                            cgroup_id,
+                            pid: Some(pid),
+                            uid: Some(peer.uid),
+                            ..Default::default()
+                        },
+                    )))
+                    .await?;
+                bail!("token rejected: {e}");
+            }
+            Ok(vt) => {
+                let claims_json = serde_json::to_string(&vt.claims).ok();
+                self.recorder
+                    .commit(WriteOp::Enrollment(Box::new(
+                        crate::record::EnrollmentRecord {
+                            at: at.clone(),
+                            status: "active",
+                            reason: None,
+                            cgroup_path: path.clone(),
+                            cgroup_id,
+                            pid: Some(pid),
+                            uid: Some(peer.uid),
+                            issuer: Some(vt.issuer.clone()),
+                            subject: Some(vt.subject.clone()),
+                            token_id: vt.token_id.clone(),
+                            claims: claims_json,
+                            expires_at: i64::try_from(vt.expires_at).ok(),
+                        },
+                    )))
+                    .await?;
+                self.enrollments.bind(Enrollment {
+                    cgroup_path: path.clone(),
+                    cgroup_id,
+                    identity: policy::Identity {
+                        issuer: vt.issuer.clone(),
+                        subject: vt.subject.clone(),
+                        claims: vt.claims.clone(),
+                    },
+                    token_id: vt.token_id.clone(),
+                    expires_at: vt.expires_at,
+                    enrolled_at: at,
+                });
+                info!(cgroup = %path, pid, issuer = %vt.issuer, subject = %vt.subject, "enrolled");
+                let named: std::collections::BTreeMap<&str, &String> = vt
+                    .shape
+                    .named_fields()
+                    .iter()
+                    .filter_map(|k| vt.claims.get(*k).map(|v| (*k, v)))
+                    .collect();
+                Ok(serde_json::json!({
+                    "cgroup": path,
+                    "issuer": vt.issuer,
+                    "subject": vt.subject,
+                    "shape": vt.shape.as_str(),
+                    "token_id": vt.token_id,
+                    "expires_at": vt.expires_at,
+                    "claims": named,
+                }))
+            }
+        }
+    }
+
+    /// Ends an enrollment: the caller's own cgroup, or (admins) any cgroup.
+    pub async fn revoke_enrollment(
+        &self,
+        cgroup: Option<&str>,
+        peer: control::server::Peer,
+    ) -> Result<serde_json::Value> {
+        let path = match cgroup {
+            Some(c) => self.cgroup.normalise(c)?,
+            None => {
+                let pid = peer
+                    .pid
+                    .context("cannot tell which process is revoking (no peer pid)")?;
+                self.cgroup.of_pid(pid)?
+            }
+        };
+        let removed = self.enrollments.revoke(&path);
+        self.recorder
+            .commit(WriteOp::EnrollmentRevoked {
+                cgroup_path: path.clone(),
+                at: record::now_rfc3339(),
+                by_uid: peer.uid,
+                status: "revoked",
+            })
+            .await?;
+        match removed {
+            Some(e) => {
+                info!(cgroup = %path, subject = %e.identity.subject, "enrollment revoked");
+                Ok(serde_json::json!({ "cgroup": path, "revoked": true }))
+            }
+            None => bail!("cgroup {path} has no active enrollment"),
+        }
+    }
+
     pub fn attached_paths(&self) -> Vec<String> {
         match self.redirector.lock() {
             Ok(r) => r.attached().map(|a| a.path.clone()).collect(),
@@ -272,6 +409,21 @@ impl Shared {
             Err(_) => (Vec::new(), Default::default()),
         };
         Status {
+            enrollments: self
+                .enrollments
+                .list(now_unix())
+                .into_iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "cgroup": e.cgroup_path,
+                        "issuer": e.identity.issuer,
+                        "subject": e.identity.subject,
+                        "repository": e.identity.claims.get("repository"),
+                        "sha": e.identity.claims.get("sha"),
+                        "expires_at": e.expires_at,
+                    })
+                })
+                .collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             started_at: self.started_at.clone(),
@@ -369,7 +521,53 @@ pub async fn run(config: Config) -> Result<()> {
         config.proxy_port,
     )?;
 
-    let control = control::server::bind(&config.control_socket, config.control_group.as_deref())?;
+    let control = control::server::bind(
+        &config.control_socket,
+        config.control_group.as_deref(),
+        false,
+    )?;
+    let enroll_socket = control::server::bind(&config.identity.enroll_socket, None, true)?;
+    let verifier = if config.identity.issuers.is_empty() {
+        None
+    } else {
+        let fetcher = Arc::new(HttpsFetcher {
+            mark: config.socket_mark,
+            timeout: std::time::Duration::from_secs(10),
+        });
+        Some(
+            Verifier::new(config.identity.issuers.clone(), Some(fetcher))
+                .map_err(|e| anyhow::anyhow!("[[identity.issuer]]: {e}"))?,
+        )
+    };
+    let enrollments = Enrollments::default();
+    {
+        let conn = store::open_ro(&config.database)?;
+        let now = now_unix();
+        for row in store::list_enrollments(&conn, true, u32::MAX)? {
+            let Some(exp) = row.expires_at.and_then(|e| u64::try_from(e).ok()) else {
+                continue;
+            };
+            if exp <= now {
+                continue;
+            }
+            let claims: std::collections::BTreeMap<String, String> = row
+                .claims
+                .and_then(|c| serde_json::from_value(c).ok())
+                .unwrap_or_default();
+            enrollments.bind(Enrollment {
+                cgroup_path: row.cgroup_path,
+                cgroup_id: row.cgroup_id as u64,
+                identity: policy::Identity {
+                    issuer: row.issuer.unwrap_or_default(),
+                    subject: row.subject.unwrap_or_default(),
+                    claims,
+                },
+                token_id: row.token_id,
+                expires_at: exp,
+                enrolled_at: row.at,
+            });
+        }
+    }
     let own_cgroup = cgroup.of_pid(std::process::id()).ok();
     let shared = Arc::new(Shared {
         origins: redirector.origins(),
@@ -386,6 +584,8 @@ pub async fn run(config: Config) -> Result<()> {
         sql_cache: SqlCache::default(),
         tls: local_ca,
         upstream_tls,
+        enrollments,
+        verifier,
         config: config.clone(),
     });
 
@@ -403,6 +603,13 @@ pub async fn run(config: Config) -> Result<()> {
     tasks.push(tokio::spawn(control::server::serve(
         control,
         shared.clone(),
+        control::server::Kind::Control,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(control::server::serve(
+        enroll_socket,
+        shared.clone(),
+        control::server::Kind::Enroll,
         stop_rx.clone(),
     )));
     notify_systemd("READY=1");
@@ -422,6 +629,7 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&config.control_socket);
+    let _ = std::fs::remove_file(&config.identity.enroll_socket);
     let left = shared.sessions.drain(config.shutdown_grace).await;
     if left > 0 {
         warn!(

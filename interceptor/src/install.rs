@@ -13,6 +13,9 @@ const UNIT: &str = include_str!("../../systemd/interceptor.service");
 const DEFAULT_CONFIG: &str = include_str!("../../systemd/interceptor.toml");
 const DEFAULT_POLICY: &str = include_str!("../../systemd/policy.toml");
 const README: &str = include_str!("../../README.md");
+const GH_JOB_STARTED: &str = include_str!("../../systemd/github-runner/job-started.sh");
+const GH_JOB_COMPLETED: &str = include_str!("../../systemd/github-runner/job-completed.sh");
+const GH_DROP_IN: &str = include_str!("../../systemd/github-runner/interceptor.conf");
 
 #[derive(Args, Debug)]
 pub struct InstallArgs {
@@ -28,6 +31,9 @@ pub struct InstallArgs {
     /// Install only; do not enable or start the service.
     #[arg(long)]
     no_start: bool,
+    /// Also install the drop-in for this GitHub Actions runner unit (attach its cgroup, enroll each job's OIDC token).
+    #[arg(long, value_name = "UNIT")]
+    github_runner_unit: Option<String>,
 }
 
 pub fn run(args: &InstallArgs) -> Result<()> {
@@ -51,6 +57,22 @@ pub fn run(args: &InstallArgs) -> Result<()> {
     }
     println!("installed {}", bin.display());
 
+    let lib_dir = args.prefix.join("lib/interceptor");
+    std::fs::create_dir_all(&lib_dir)?;
+    for (name, body) in [
+        ("github-job-started.sh", GH_JOB_STARTED),
+        ("github-job-completed.sh", GH_JOB_COMPLETED),
+    ] {
+        let p = lib_dir.join(name);
+        std::fs::write(
+            &p,
+            body.replace("/usr/local/bin/interceptor", &bin.display().to_string()),
+        )
+        .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    println!("installed runner hooks in {}", lib_dir.display());
+
     let doc_dir = args.prefix.join("share/doc/interceptor");
     std::fs::create_dir_all(&doc_dir)?;
     std::fs::write(doc_dir.join("README.md"), README)?;
@@ -69,6 +91,22 @@ pub fn run(args: &InstallArgs) -> Result<()> {
     let unit_path = args.unit_dir.join("interceptor.service");
     std::fs::write(&unit_path, unit).with_context(|| format!("writing {}", unit_path.display()))?;
     println!("installed {}", unit_path.display());
+
+    if let Some(unit) = &args.github_runner_unit {
+        if !unit.starts_with("actions.runner.") || !unit.ends_with(".service") {
+            bail!(
+                "--github-runner-unit {unit:?}: expected a unit like actions.runner.<scope>.<name>.service"
+            );
+        }
+        let dir = args.unit_dir.join(format!("{unit}.d"));
+        std::fs::create_dir_all(&dir)?;
+        let conf = GH_DROP_IN
+            .replace("/usr/local/bin/interceptor", &bin.display().to_string())
+            .replace("/usr/local/lib/interceptor", &lib_dir.display().to_string());
+        let p = dir.join("interceptor.conf");
+        std::fs::write(&p, conf).with_context(|| format!("writing {}", p.display()))?;
+        println!("installed {} (restart {unit} to apply)", p.display());
+    }
 
     std::fs::create_dir_all(&args.config_dir)?;
     write_if_missing(&args.config_dir.join("interceptor.toml"), DEFAULT_CONFIG)?;

@@ -113,6 +113,22 @@ impl TestCgroup {
     }
 }
 
+/// A command that runs in the root cgroup (as a process outside every
+/// attached cgroup would on a host where the test itself runs elsewhere).
+pub fn root_cgroup_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    let procs = cgroup2_mount().join("cgroup.procs");
+    // SAFETY: as in TestCgroup::command.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&procs)?;
+            f.write_all(b"0")?;
+            Ok(())
+        });
+    }
+    cmd
+}
+
 impl Default for TestCgroup {
     fn default() -> Self {
         Self::new()
@@ -152,8 +168,10 @@ impl Daemon {
         Self::start_with(policy, "")
     }
 
-    /// Like `start`, with extra `[daemon]` keys.
-    pub fn start_with(policy: &str, extra_daemon: &str) -> Daemon {
+    /// Like `start`, with extra configuration appended after the `[daemon]`
+    /// keys (more `[daemon]` keys, or further sections such as
+    /// `[[identity.issuer]]`).
+    pub fn start_with(policy: &str, extra: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("interceptor-e2e-")
             .tempdir()
@@ -168,8 +186,9 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "[daemon]\npolicy = \"policy.toml\"\nproxy_port = {port}\nstate_dir = \"state\"\n\
-                 control_socket = \"{}\"\nbpf_pin_dir = \"{}\"\nsync = \"normal\"\nshutdown_grace = \"1s\"\n{extra_daemon}\n",
+                "[identity]\nenroll_socket = \"{}\"\n\n[daemon]\npolicy = \"policy.toml\"\nproxy_port = {port}\nstate_dir = \"state\"\n\
+                 control_socket = \"{}\"\nbpf_pin_dir = \"{}\"\nsync = \"normal\"\nshutdown_grace = \"1s\"\n{extra}\n",
+                dir.path().join("enroll.sock").display(),
                 socket.display(),
                 pin_dir.display()
             ),

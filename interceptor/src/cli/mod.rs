@@ -1,6 +1,7 @@
 //! Command-line interface: the daemon (`run`) and the operator commands.
 
 mod approvals;
+mod enroll;
 mod output;
 mod policy_cmd;
 mod sessions;
@@ -29,6 +30,9 @@ pub struct Cli {
     /// Control socket (default: from the config file, else /run/interceptor/control.sock).
     #[arg(long, global = true, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// Enroll socket (default: from the config file, else /run/interceptor/enroll.sock).
+    #[arg(long, global = true, value_name = "PATH")]
+    enroll_socket: Option<PathBuf>,
     /// Database (default: from the config file, else /var/lib/interceptor/interceptor.db).
     #[arg(long, global = true, value_name = "PATH")]
     db: Option<PathBuf>,
@@ -57,6 +61,17 @@ enum Command {
     Sessions {
         #[command(subcommand)]
         command: sessions::SessionsCommand,
+    },
+    /// Enroll this workload: verify its CI identity token and bind it to its cgroup (also --revoke, --list).
+    Enroll(enroll::EnrollArgs),
+    /// Export sessions with their events and approvals as JSON lines (oldest first).
+    Export {
+        /// Only sessions started since (RFC 3339 time, date, or age like 7d).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// List, approve, deny and watch commands held for approval.
     Approvals {
@@ -105,6 +120,7 @@ enum LogFormat {
 /// Paths the CLI needs, from flags, then the config file, then defaults.
 pub(crate) struct Paths {
     pub socket: PathBuf,
+    pub enroll_socket: PathBuf,
     pub db: PathBuf,
 }
 
@@ -116,6 +132,10 @@ impl Cli {
     fn paths(&self) -> Result<Paths> {
         let cfg = self.config()?;
         Ok(Paths {
+            enroll_socket: self
+                .enroll_socket
+                .clone()
+                .unwrap_or(cfg.identity.enroll_socket),
             socket: self.socket.clone().unwrap_or(cfg.control_socket),
             db: self.db.clone().unwrap_or(cfg.database),
         })
@@ -182,6 +202,14 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Sessions { command } => {
             let paths = cli.paths()?;
             sessions::run(command, &paths)
+        }
+        Command::Enroll(args) => {
+            let paths = cli.paths()?;
+            enroll::run(args, &paths)
+        }
+        Command::Export { since, output } => {
+            let paths = cli.paths()?;
+            sessions::export(&paths, since.as_deref(), output.as_deref())
         }
         Command::Approvals { command } => {
             let paths = cli.paths()?;

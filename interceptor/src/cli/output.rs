@@ -1,7 +1,7 @@
 //! Human-readable output of the CLI (every command also has `--json`).
 
 use crate::control::Status;
-use crate::record::store::{EventRow, SessionRow};
+use crate::record::store::{ApprovalRow, EventRow, SessionRow};
 
 fn or_dash<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref()
@@ -61,6 +61,22 @@ pub fn print_status(s: &Status) {
         }
     }
     println!();
+    if !s.enrollments.is_empty() {
+        println!("enrolled identities:");
+        for e in &s.enrollments {
+            let g = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+            println!(
+                "  {}  {}  repository {}  sha {}  (issuer {}, expires {})",
+                g("cgroup"),
+                g("subject"),
+                g("repository"),
+                g("sha"),
+                g("issuer"),
+                e["expires_at"]
+            );
+        }
+        println!();
+    }
     println!("live sessions: {}", s.live_sessions.len());
     for v in &s.live_sessions {
         let get = |k: &str| {
@@ -197,5 +213,30 @@ pub fn print_session(s: &SessionRow, events: &[EventRow]) {
         if let Some(err) = &e.error {
             println!("      error: {err}");
         }
+    }
+}
+
+pub fn print_session_approvals(rows: &[ApprovalRow]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("  approvals:");
+    for r in rows {
+        let outcome = match (&r.decided_by, &r.decided_at) {
+            (Some(by), Some(at)) => format!("{} by {by} at {at}", r.status),
+            (None, Some(at)) => format!("{} at {at}", r.status),
+            _ => r.status.clone(),
+        };
+        println!(
+            "  #{}  event #{}  rule {}  {outcome}{}",
+            r.id,
+            r.seq,
+            r.rule.as_deref().unwrap_or("-"),
+            r.decision_reason
+                .as_deref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        );
     }
 }

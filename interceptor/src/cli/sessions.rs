@@ -47,6 +47,16 @@ pub enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replay a session's timeline with its original timing.
+    Replay {
+        id: i64,
+        /// Playback speed: 2 plays twice as fast, 0.5 half as fast.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Print everything at once, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 pub fn run(cmd: &SessionsCommand, paths: &Paths) -> Result<ExitCode> {
@@ -91,14 +101,79 @@ pub fn run(cmd: &SessionsCommand, paths: &Paths) -> Result<ExitCode> {
             let session = store::get_session(&conn, *id)?
                 .with_context(|| format!("no session with id {id}"))?;
             let events = store::session_events(&conn, *id)?;
+            let approvals = store::session_approvals(&conn, *id)?;
             if *json {
-                let v = serde_json::json!({ "session": session, "events": events });
+                let v = serde_json::json!({ "session": session, "events": events, "approvals": approvals });
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 output::print_session(&session, &events);
+                output::print_session_approvals(&approvals);
             }
             Ok(ExitCode::SUCCESS)
         }
+        SessionsCommand::Replay { id, speed, no_wait } => {
+            if !(*speed > 0.0 && speed.is_finite()) {
+                bail!("--speed must be a positive number");
+            }
+            let session = store::get_session(&conn, *id)?
+                .with_context(|| format!("no session with id {id}"))?;
+            let events = store::session_events(&conn, *id)?;
+            replay(&session, &events, *speed, *no_wait);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn parse_ts(s: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Prints the timeline, sleeping between events as they happened.
+fn replay(session: &store::SessionRow, events: &[store::EventRow], speed: f64, no_wait: bool) {
+    use std::io::Write;
+    println!(
+        "replaying session {} ({} to {}:{}, {} events, speed {speed}x)",
+        session.id,
+        session.protocol,
+        session.dst_addr,
+        session.dst_port,
+        events.len()
+    );
+    let mut last = parse_ts(&session.started_at);
+    for e in events {
+        let at = parse_ts(&e.at);
+        if let (Some(prev), Some(now)) = (last, at)
+            && !no_wait
+        {
+            let gap = (now - prev).as_seconds_f64() / speed;
+            if gap > 0.0 {
+                std::thread::sleep(std::time::Duration::from_secs_f64(gap.min(3600.0)));
+            }
+        }
+        if at.is_some() {
+            last = at;
+        }
+        let offset = match (parse_ts(&session.started_at), at) {
+            (Some(s), Some(a)) => format!("+{:.3}s", (a - s).as_seconds_f64()),
+            _ => String::new(),
+        };
+        let decision = e.decision.as_deref().unwrap_or("-");
+        println!(
+            "{offset:>10}  #{:<4} {:<10} {decision:<7} {}",
+            e.seq,
+            e.kind,
+            e.text.as_deref().unwrap_or("")
+        );
+        if let Some(err) = &e.error {
+            println!("{:>10}  error: {err}", "");
+        }
+        let _ = std::io::stdout().flush();
+    }
+    if let Some(end) = &session.ended_at {
+        println!(
+            "session ended at {end}: {}",
+            session.end_reason.as_deref().unwrap_or("closed")
+        );
     }
 }
 
@@ -128,6 +203,49 @@ pub fn parse_since(s: &str) -> Result<String> {
             "--since {s:?}: use an RFC 3339 time (2026-11-29T10:00:00Z), a date (2026-11-29) or an age (30s, 10m, 2h, 7d)"
         ),
     }
+}
+
+/// `interceptor export`: every matching session with its events and
+/// approvals, one JSON object per line, oldest first.
+pub fn export(
+    paths: &Paths,
+    since: Option<&str>,
+    output: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use std::io::Write;
+    if !paths.db.exists() {
+        bail!(
+            "no database at {} (pass --db or --config)",
+            paths.db.display()
+        );
+    }
+    let conn = store::open_ro(&paths.db)?;
+    let filter = SessionFilter {
+        since: since.map(parse_since).transpose()?,
+        ..Default::default()
+    };
+    let mut rows = store::list_sessions(&conn, &filter)?;
+    rows.reverse();
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    for s in &rows {
+        let events = store::session_events(&conn, s.id)?;
+        let approvals = store::session_approvals(&conn, s.id)?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({ "session": s, "events": events, "approvals": approvals }),
+        )?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    if output.is_some() {
+        eprintln!("exported {} sessions", rows.len());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

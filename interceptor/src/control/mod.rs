@@ -49,6 +49,22 @@ pub enum Request {
     /// Streams one response line per new approval request until the client
     /// disconnects.
     ApprovalsWatch,
+    /// Bind a verified workload-identity token to the caller's own cgroup.
+    Enroll {
+        token: String,
+    },
+    /// End an enrollment: the caller's own cgroup, or (admin only) `cgroup`.
+    EnrollRevoke {
+        #[serde(default)]
+        cgroup: Option<String>,
+    },
+    /// Active enrollments (and with `all`, revoked and rejected attempts).
+    EnrollmentsList {
+        #[serde(default)]
+        all: bool,
+        #[serde(default = "default_limit")]
+        limit: u32,
+    },
 }
 
 fn default_limit() -> u32 {
@@ -105,6 +121,8 @@ pub struct Status {
     pub egress: String,
     pub attached: Vec<AttachResult>,
     pub intercepts: Vec<InterceptInfo>,
+    #[serde(default)]
+    pub enrollments: Vec<serde_json::Value>,
     pub live_sessions: Vec<serde_json::Value>,
     pub counters: serde_json::Value,
 }

@@ -23,8 +23,9 @@ pub struct Peer {
     pub pid: Option<u32>,
 }
 
-/// Creates the socket (replacing a stale file) with restrictive permissions.
-pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+/// Creates the socket (replacing a stale file): 0600, 0660 for a control
+/// group, 0666 with `world` (the enroll socket).
+pub fn bind(path: &Path, group: Option<&str>, world: bool) -> anyhow::Result<UnixListener> {
     use anyhow::Context;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -42,7 +43,9 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding control socket {}", path.display()))?;
-    let mode = if let Some(g) = group {
+    let mode = if world {
+        0o666
+    } else if let Some(g) = group {
         let grp = nix::unistd::Group::from_name(g)
             .ok()
             .flatten()
@@ -58,9 +61,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Which requests a socket accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The control socket: everything, authorised per request.
+    Control,
+    /// The enroll socket (world-connectable): enroll and revoke one's own
+    /// cgroup, nothing else.
+    Enroll,
+}
+
 pub async fn serve(
     listener: UnixListener,
     shared: Arc<Shared>,
+    kind: Kind,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -72,7 +86,7 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, shared).await {
+                    if let Err(e) = connection(stream, shared, kind).await {
                         debug!(error = %e, "control connection ended");
                     }
                 });
@@ -85,7 +99,7 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, shared: Arc<Shared>, kind: Kind) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let peer = Peer {
         uid: cred.uid(),
@@ -108,9 +122,10 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<
             Response::err("request too large")
         } else {
             match serde_json::from_str::<Request>(line.trim_end()) {
-                Ok(Request::ApprovalsWatch) if is_admin(&shared, peer) => {
+                Ok(Request::ApprovalsWatch) if kind == Kind::Control && is_admin(&shared, peer) => {
                     return watch(&shared, &mut w).await;
                 }
+                Ok(req) if kind == Kind::Enroll => handle_enroll(&shared, peer, req).await,
                 Ok(req) => handle(&shared, peer, req).await,
                 Err(e) => Response::err(format!("malformed request: {e}")),
             }
@@ -144,8 +159,34 @@ pub fn is_admin(shared: &Shared, peer: Peer) -> bool {
     g.mem.contains(&user.name)
 }
 
+/// The enroll socket: a workload enrolls or revokes its own cgroup.
+async fn handle_enroll(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
+    match req {
+        Request::Ping => Response::ok("pong"),
+        Request::Enroll { token } => match shared.enroll(&token, peer).await {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        },
+        Request::EnrollRevoke { cgroup: None } => {
+            match shared.revoke_enrollment(None, peer).await {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+        Request::EnrollRevoke { cgroup: Some(_) } => Response::err(
+            "revoking another cgroup's enrollment is for administrators: use the control socket as root",
+        ),
+        _ => Response::err("the enroll socket only accepts enroll and revoke requests"),
+    }
+}
+
 async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
-    let admin_only = !matches!(req, Request::Ping);
+    // Enrolling and revoking one's own cgroup is open to any caller; the
+    // rest is for administrators.
+    let admin_only = !matches!(
+        req,
+        Request::Ping | Request::Enroll { .. } | Request::EnrollRevoke { cgroup: None }
+    );
     if admin_only && !is_admin(shared, peer) {
         return Response::err(format!(
             "permission denied: uid {} is neither root nor in daemon.control_group",
@@ -189,6 +230,25 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
             Err(e) => Response::err(format!("{e:#}")),
         },
         Request::ApprovalsWatch => Response::err("permission denied"),
+        Request::Enroll { token } => match shared.enroll(&token, peer).await {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        },
+        Request::EnrollRevoke { cgroup } => {
+            match shared.revoke_enrollment(cgroup.as_deref(), peer).await {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+        Request::EnrollmentsList { all, limit } => {
+            let rows = store::open_ro(&shared.config.database)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| Ok(store::list_enrollments(&c, !all, limit)?));
+            match rows {
+                Ok(r) => Response::ok(r),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
     }
 }
 

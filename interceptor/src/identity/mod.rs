@@ -13,6 +13,11 @@ use interceptor_common::Origin;
 
 use crate::redirect::cgroup::{Cgroup2, unit_of};
 
+pub mod enroll;
+
+pub mod jwks;
+pub mod token;
+
 /// Maps cgroup ids to paths, learning lazily. Ids are stable for the life of
 /// a cgroup; a recreated cgroup gets a new id.
 #[derive(Clone, Default)]

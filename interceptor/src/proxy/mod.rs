@@ -211,7 +211,11 @@ async fn handle(
     let protocol = Protocol::from_id(origin.protocol).unwrap_or(Protocol::Tcp);
     let roots = shared.attached_paths();
     let resolved = identity::resolve(&origin, &shared.cgroup, &shared.paths, &roots);
-    let workload = resolved.workload;
+    let mut workload = resolved.workload;
+    workload.identity = shared
+        .enrollments
+        .lookup(&shared.cgroup, &workload.cgroup, identity::enroll::now_unix())
+        .map(|e| e.identity);
     let id = shared.recorder.next_session_id();
     let span = info_span!("session", session = id, protocol = %protocol, cgroup = %workload.cgroup, peer = %peer);
     async move {

@@ -141,8 +141,35 @@ pub enum WriteOp {
         id: i64,
         at: String,
     },
+    /// A successful or rejected enrollment.
+    Enrollment(Box<EnrollmentRecord>),
+    /// Active enrollments of a cgroup end.
+    EnrollmentRevoked {
+        cgroup_path: String,
+        at: String,
+        by_uid: u32,
+        status: &'static str,
+    },
     /// Writes nothing; committing it waits for everything queued before.
     Barrier,
+}
+
+/// One enrollment attempt.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollmentRecord {
+    pub at: String,
+    /// "active" or "rejected".
+    pub status: &'static str,
+    pub reason: Option<String>,
+    pub cgroup_path: String,
+    pub cgroup_id: u64,
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub token_id: Option<String>,
+    pub claims: Option<String>,
+    pub expires_at: Option<i64>,
 }
 
 /// A new approval request as stored.

@@ -130,6 +130,27 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX approvals_status ON approvals(status);
     "#,
+    // 3: workload-identity enrollments (and rejected attempts).
+    r#"
+    CREATE TABLE enrollments (
+        id              INTEGER PRIMARY KEY,
+        at              TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        reason          TEXT,
+        cgroup_path     TEXT NOT NULL,
+        cgroup_id       INTEGER NOT NULL,
+        pid             INTEGER,
+        uid             INTEGER,
+        issuer          TEXT,
+        subject         TEXT,
+        token_id        TEXT,
+        claims          TEXT,
+        expires_at      INTEGER,
+        revoked_at      TEXT,
+        revoked_by_uid  INTEGER
+    );
+    CREATE INDEX enrollments_status ON enrollments(status);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -554,6 +575,64 @@ pub fn session_approvals(
     ))?;
     let rows = stmt
         .query_map(params![session_id], approval_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// An enrollment (or a rejected attempt).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EnrollmentRow {
+    pub id: i64,
+    pub at: String,
+    /// active | rejected | revoked
+    pub status: String,
+    pub reason: Option<String>,
+    pub cgroup_path: String,
+    pub cgroup_id: i64,
+    pub pid: Option<i64>,
+    pub uid: Option<i64>,
+    pub issuer: Option<String>,
+    pub subject: Option<String>,
+    pub token_id: Option<String>,
+    pub claims: Option<serde_json::Value>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<String>,
+}
+
+pub fn list_enrollments(
+    conn: &Connection,
+    active_only: bool,
+    limit: u32,
+) -> Result<Vec<EnrollmentRow>, StoreError> {
+    let filter = if active_only {
+        "WHERE status = 'active'"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT id, at, status, reason, cgroup_path, cgroup_id, pid, uid, issuer, subject, token_id, \
+         claims, expires_at, revoked_at FROM enrollments {filter} ORDER BY id DESC LIMIT {limit}"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let claims: Option<String> = r.get(11)?;
+            Ok(EnrollmentRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                status: r.get(2)?,
+                reason: r.get(3)?,
+                cgroup_path: r.get(4)?,
+                cgroup_id: r.get(5)?,
+                pid: r.get(6)?,
+                uid: r.get(7)?,
+                issuer: r.get(8)?,
+                subject: r.get(9)?,
+                token_id: r.get(10)?,
+                claims: claims.and_then(|c| serde_json::from_str(&c).ok()),
+                expires_at: r.get(12)?,
+                revoked_at: r.get(13)?,
+            })
+        })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }

@@ -236,6 +236,44 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<(
             )?
             .execute(params![at, id])?;
         }
+        WriteOp::Enrollment(e) => {
+            if e.status == "active" {
+                // One active enrollment per cgroup: the new token replaces the old.
+                tx.prepare_cached(
+                    "UPDATE enrollments SET status = 'replaced', revoked_at = ? WHERE cgroup_path = ? AND status = 'active'",
+                )?
+                .execute(params![e.at, e.cgroup_path])?;
+            }
+            tx.prepare_cached(
+                "INSERT INTO enrollments (at, status, reason, cgroup_path, cgroup_id, pid, uid, issuer, subject, \
+                 token_id, claims, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            )?
+            .execute(params![
+                e.at,
+                e.status,
+                e.reason,
+                e.cgroup_path,
+                e.cgroup_id as i64,
+                e.pid,
+                e.uid,
+                e.issuer,
+                e.subject,
+                e.token_id,
+                e.claims,
+                e.expires_at,
+            ])?;
+        }
+        WriteOp::EnrollmentRevoked {
+            cgroup_path,
+            at,
+            by_uid,
+            status,
+        } => {
+            tx.prepare_cached(
+                "UPDATE enrollments SET status = ?, revoked_at = ?, revoked_by_uid = ? WHERE cgroup_path = ? AND status = 'active'",
+            )?
+            .execute(params![status, at, by_uid, cgroup_path])?;
+        }
         WriteOp::Barrier => {}
     }
     Ok(())

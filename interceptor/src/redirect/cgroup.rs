@@ -69,6 +69,14 @@ impl Cgroup2 {
             .ok_or(CgroupError::NoCgroup2)
     }
 
+    /// A "mount" that is any directory (unit tests).
+    #[cfg(test)]
+    pub fn for_tests(dir: &Path) -> Cgroup2 {
+        Cgroup2 {
+            mount: dir.to_path_buf(),
+        }
+    }
+
     pub fn mount(&self) -> &Path {
         &self.mount
     }
