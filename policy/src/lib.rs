@@ -6,6 +6,46 @@
 //! and mask results with the [`mask::ActiveMasks`] from
 //! [`Policy::masker`]. The policy file format is documented in this crate's
 //! `README.md`.
+//!
+//! ```
+//! use policy::sql::{classify, Dialect};
+//! use policy::{Operation, Policy, Protocol, Target, Verdict, Workload};
+//!
+//! let policy = Policy::parse(
+//!     r#"
+//! [[rule]]
+//! name = "no-destructive-ddl"
+//! decision = "deny"
+//! match = { protocol = "postgres", sql.statement = ["drop", "truncate"] }
+//!
+//! [[mask]]
+//! detectors = ["email"]
+//! "#,
+//!     "policy.toml",
+//! )?;
+//!
+//! let workload = Workload { cgroup: "/system.slice/ci.service".into(), ..Workload::default() };
+//! let target = Target {
+//!     protocol: Protocol::Postgres,
+//!     addr: "10.0.0.5".parse()?,
+//!     port: 5432,
+//!     host: None,
+//!     database: Some("app".into()),
+//!     user: Some("ci".into()),
+//! };
+//!
+//! // One decision per statement of a multi-statement query string.
+//! let verdicts: Vec<Verdict> = classify("SELECT 1; DROP TABLE users", Dialect::Postgres)?
+//!     .iter()
+//!     .map(|stmt| policy.decide(&workload, &target, &Operation::Sql(stmt)).verdict)
+//!     .collect();
+//! assert_eq!(verdicts, [Verdict::Allow, Verdict::Deny]);
+//!
+//! // Masks for this connection.
+//! let masks = policy.masker().for_context(&workload, &target);
+//! assert_eq!(masks.mask_text("mail bob@example.com"), "mail <masked:email>");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod compile;
 mod config;

@@ -28,16 +28,20 @@ fn pattern(d: Detector) -> &'static str {
         Detector::Jwt => r"(?-u:\b)eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*",
         Detector::AwsAccessKey => r"(?-u:\b)(?:AKIA|ASIA)[A-Z2-7]{16}(?-u:\b)",
         Detector::Email => {
-            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,63}(?-u:\b)"
+            // Label lengths and hyphens are checked by `email`, which keeps
+            // this automaton small.
+            r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)"
         }
         Detector::Iban => r"(?-u:\b)[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}(?-u:\b)",
-        Detector::CreditCard => r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)",
+        // Any run of digit groups; `credit_card_span` picks the card in it.
+        Detector::CreditCard => r"(?-u:\b)[0-9]+(?:[ -][0-9]+)*(?-u:\b)",
         Detector::UsSsn => {
             r"(?-u:\b)(?:[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3} [0-9]{2} [0-9]{4})(?-u:\b)"
         }
         Detector::Phone => concat!(
-            // E.164 / international: +CC then groups, separators optional.
-            r"\+[1-9][0-9]{0,2}(?:[ .-]?(?:\([0-9]{1,5}\)|[0-9]{1,5})){0,6}[ .-]?[0-9]{1,5}(?-u:\b)",
+            // E.164 / international: + then digits and separators;
+            // `phone_intl_span` checks the layout and the digit count.
+            r"\+[1-9][0-9 .()-]*[0-9]",
             // North American: (415) 555-2671, 415-555-2671, 1-800-555-0199.
             r"|(?:(?-u:\b)1[ .-])?(?:\([0-9]{3}\) ?|(?-u:\b)[0-9]{3}[ .-])[0-9]{3}[ .-][0-9]{4}(?-u:\b)",
             // National with trunk prefix 0: 020 7946 0958, 01 23 45 67 89.
@@ -63,49 +67,129 @@ static ENGINE: LazyLock<Option<Engine>> = LazyLock::new(|| {
     Some(Engine { set, regexes })
 });
 
-/// Cheap necessary conditions, from one pass over the bytes.
-fn prefilter(text: &str, enabled: DetectorSet) -> DetectorSet {
+/// Cheap necessary conditions for each detector, from one pass over the
+/// bytes (plus a pass over digit groups when there are enough digits). No
+/// regex runs for a value that fails them all, which is the common case.
+pub(super) fn prefilter(text: &str, enabled: DetectorSet) -> DetectorSet {
     let b = text.as_bytes();
     let mut out = DetectorSet::EMPTY;
     if b.len() < 6 {
         return out;
     }
     let mut digits = 0usize;
-    let mut at = false;
-    for &c in b {
-        if c.is_ascii_digit() {
-            digits += 1;
-        } else if c == b'@' {
-            at = true;
+    let (mut at, mut email, mut iban, mut aws, mut pem, mut jwt, mut plus) =
+        (false, false, false, false, false, false, false);
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                digits += 1;
+                // `[A-Z][A-Z][0-9][0-9]`: an IBAN's country and check digits.
+                if i >= 3
+                    && b[i - 1].is_ascii_digit()
+                    && b[i - 2].is_ascii_uppercase()
+                    && b[i - 3].is_ascii_uppercase()
+                {
+                    iban = true;
+                }
+            }
+            b'@' => at = true,
+            b'.' => email |= at,
+            b'+' => plus |= b.get(i + 1).is_some_and(u8::is_ascii_digit),
+            b'A' => {
+                aws |= b.len() >= i + 20 && matches!(&b[i + 1..i + 4], b"KIA" | b"SIA");
+            }
+            b'-' => pem |= b[i..].starts_with(b"-----BEGIN "),
+            b'e' => jwt |= b[i..].starts_with(b"eyJ"),
+            _ => {}
         }
     }
-    let want = |d: Detector| enabled.contains(d);
-    if want(Detector::CreditCard) && digits >= 13 {
-        out.insert(Detector::CreditCard);
+    let mut want = |d: Detector, cond: bool| {
+        if cond && enabled.contains(d) {
+            out.insert(d);
+        }
+    };
+    want(Detector::Email, email);
+    want(Detector::Iban, iban && b.len() >= 15);
+    want(Detector::AwsAccessKey, aws);
+    want(Detector::PrivateKey, pem);
+    want(Detector::Jwt, jwt);
+    if digits >= 9 {
+        let g = digit_groups(b, plus);
+        want(Detector::CreditCard, g.card);
+        want(Detector::UsSsn, g.ssn);
+        want(Detector::Phone, g.phone);
     }
-    if want(Detector::UsSsn) && digits >= 9 {
-        out.insert(Detector::UsSsn);
-    }
-    if want(Detector::Phone) && digits >= 10 {
-        out.insert(Detector::Phone);
-    }
-    if want(Detector::Iban) && digits >= 2 && b.len() >= 15 {
-        out.insert(Detector::Iban);
-    }
-    if want(Detector::Email) && at {
-        out.insert(Detector::Email);
-    }
-    if want(Detector::AwsAccessKey)
-        && b.len() >= 20
-        && (text.contains("AKIA") || text.contains("ASIA"))
-    {
-        out.insert(Detector::AwsAccessKey);
-    }
-    if want(Detector::PrivateKey) && text.contains("-----BEGIN ") {
-        out.insert(Detector::PrivateKey);
-    }
-    if want(Detector::Jwt) && text.contains("eyJ") {
-        out.insert(Detector::Jwt);
+    out
+}
+
+/// What the digit groups of a value could be.
+#[derive(Default)]
+struct GroupShapes {
+    card: bool,
+    ssn: bool,
+    phone: bool,
+}
+
+/// Walks the maximal digit runs ("groups") of `b`. Groups joined by exactly
+/// one space or dash form a strict chain (cards, SSNs, national phone
+/// numbers); groups joined by one or two of ` .-()` form a loose chain
+/// (phone numbers).
+fn digit_groups(b: &[u8], plus: bool) -> GroupShapes {
+    let mut out = GroupShapes::default();
+    let mut strict_lens = [0usize; 3];
+    let mut loose_sum = 0usize;
+    let mut loose_lens = [0usize; 3];
+    // Groups seen after a group that starts with 0 (national trunk prefix).
+    let mut after_zero: Option<(usize, usize)> = None;
+    let mut since_card: Option<usize> = None;
+    let mut prev_end: Option<usize> = None;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let len = i - start;
+        let gap = prev_end.map(|e| &b[e..start]);
+        let strict = matches!(gap, Some([b' ' | b'-']));
+        let loose = gap
+            .is_some_and(|g| (1..=2).contains(&g.len()) && g.iter().all(|c| b" .-()".contains(c)));
+        strict_lens = if strict {
+            [strict_lens[1], strict_lens[2], len]
+        } else {
+            [0, 0, len]
+        };
+        if loose {
+            loose_sum += len;
+            loose_lens = [loose_lens[1], loose_lens[2], len];
+        } else {
+            loose_sum = len;
+            loose_lens = [0, 0, len];
+        }
+        // Digits since the first group of the strict chain that could start
+        // a card number (first digit 2–6).
+        let card_start = (b'2'..=b'6').contains(&b[start]);
+        since_card = match since_card {
+            Some(d) if strict => Some(d + len),
+            _ if card_start => Some(len),
+            _ => None,
+        };
+        // (groups, digits) since a group that starts with 0.
+        after_zero = match after_zero {
+            Some((n, d)) if strict => Some((n + 1, d + len)),
+            _ if b[start] == b'0' && (2..=5).contains(&len) => Some((0, len)),
+            _ => None,
+        };
+        out.card |= since_card.is_some_and(|d| d >= 13);
+        out.ssn |= strict_lens == [3, 2, 4];
+        out.phone |= (plus && loose_sum >= 10)
+            || loose_lens == [3, 3, 4]
+            || after_zero.is_some_and(|(n, d)| n >= 2 && d >= 10);
+        prev_end = Some(i);
     }
     out
 }
@@ -145,9 +229,11 @@ pub(crate) fn find(
     let Some(engine) = ENGINE.as_ref() else {
         return (spans, fired);
     };
-    let hits = engine.set.matches(text);
+    // One RegexSet pass narrows several candidates at once; a single
+    // candidate goes straight to its own regex.
+    let hits = (candidates.len() > 1).then(|| engine.set.matches(text));
     for d in PRIORITY {
-        if !candidates.contains(d) || !hits.matched(d as usize) {
+        if !candidates.contains(d) || hits.as_ref().is_some_and(|h| !h.matched(d as usize)) {
             continue;
         }
         let re = &engine.regexes[d as usize];
@@ -157,34 +243,49 @@ pub(crate) fn find(
         // found again in what is left of it.
         let mut found: Vec<(Range<usize>, Detector)> = Vec::new();
         for gap in gaps(&spans, text.len()) {
-            let hay = &text[gap.clone()];
+            // Candidates are validated within the slice `base..gap.end`: its
+            // edges are the context a value has once its neighbours are
+            // masked, which keeps masking idempotent. After a match the
+            // slice restarts at the match's end for the same reason.
+            let mut base = gap.start;
             let mut pos = 0;
-            while let Some(m) = re.find_at(hay, pos) {
-                let r = gap.start + m.start()..gap.start + m.end();
-                // Resume after the candidate, or right after the part of it
-                // that validated (a card number followed by more digits).
-                let mut next = m.end();
-                if let Some(range) = validate(d, text, r) {
-                    if range.end > gap.start && range.end < gap.start + m.end() {
-                        next = range.end - gap.start;
+            while base < gap.end {
+                let hay = &text[base..gap.end];
+                let Some(m) = re.find_at(hay, pos) else {
+                    break;
+                };
+                if d == Detector::CreditCard {
+                    // A run of digit groups may hold several cards.
+                    for rel in cards_in_run(hay, m.range()) {
+                        found.push((base + rel.start..base + rel.end, d));
                     }
-                    if !spans
-                        .iter()
-                        .chain(&found)
-                        .any(|(s, _)| s.start < range.end && range.start < s.end)
-                    {
-                        found.push((range, d));
+                    pos = m.end().max(pos + 1);
+                } else {
+                    match validate(d, hay, m.range()) {
+                        Some(rel) => {
+                            let range = base + rel.start..base + rel.end;
+                            // Gaps exclude earlier detectors' spans, and `base`
+                            // only moves forward: checking the last match is
+                            // enough to keep spans disjoint.
+                            if found.last().is_none_or(|(l, _)| l.end <= range.start) {
+                                found.push((range.clone(), d));
+                            }
+                            base = range.end.max(base + 1);
+                            pos = 0;
+                        }
+                        None => pos = m.end().max(pos + 1),
                     }
                 }
-                if next <= pos {
-                    // No progress (cannot happen with these patterns): step
-                    // one character.
-                    next = pos + hay[pos..].chars().next().map_or(1, char::len_utf8);
+                while base < gap.end && !text.is_char_boundary(base) {
+                    base += 1;
                 }
-                if next > hay.len() {
+                if base + pos > gap.end {
                     break;
                 }
-                pos = next;
+                let hay_len = gap.end - base;
+                while pos < hay_len && !text.is_char_boundary(base + pos) {
+                    pos += 1;
+                }
             }
         }
         if !found.is_empty() {
@@ -222,7 +323,12 @@ fn validate(d: Detector, text: &str, r: Range<usize>) -> Option<Range<usize>> {
         Detector::AwsAccessKey => true,
         Detector::Email => email(s),
         Detector::Iban => return iban(s).map(|len| r.start..r.start + len),
-        Detector::CreditCard => return credit_card_span(text, r),
+        Detector::Phone if s.starts_with('+') => {
+            let len = phone_intl_len(s)?;
+            let r = r.start..r.start + len;
+            return (!joined(text, &r, |c| c.is_ascii_alphanumeric() || c == b'+')).then_some(r);
+        }
+        Detector::CreditCard => return cards_in_run(text, r).into_iter().next(),
         Detector::UsSsn => ssn(s) && !joined(text, &r, |c| c.is_ascii_digit() || c == b'-'),
         Detector::Phone => {
             phone(s) && !joined(text, &r, |c| c.is_ascii_alphanumeric() || c == b'+')
@@ -326,13 +432,69 @@ fn email(s: &str) -> bool {
     let Some((local, domain)) = s.rsplit_once('@') else {
         return false;
     };
+    let labels_ok = domain
+        .split('.')
+        .all(|l| (1..=63).contains(&l.len()) && !l.starts_with('-') && !l.ends_with('-'));
+    let tld_ok = domain
+        .rsplit('.')
+        .next()
+        .is_some_and(|t| (2..=63).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphabetic()));
     !local.is_empty()
         && local.len() <= 64
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
+        && labels_ok
+        && tld_ok
         && domain.len() <= 253
         && s.len() <= 254
+}
+
+/// `+` phone numbers: digits in groups separated by at most two of
+/// ` .-()`, balanced parentheses, 10–15 digits. Returns the byte length of
+/// the number: trailing groups beyond 15 digits (`+1 415 555 2671 2024 7`)
+/// are left out, and the number stops before a run of 3+ separators.
+fn phone_intl_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let mut digits = 0usize;
+    let mut seps = 0usize;
+    let mut open = 0i32;
+    // (byte end, digits, parentheses balanced) at each group end.
+    let mut best: Option<usize> = None;
+    let mut i = 1; // after '+'
+    while i < b.len() {
+        let c = b[i];
+        if c.is_ascii_digit() {
+            digits += 1;
+            seps = 0;
+            let group_end = b.get(i + 1).is_none_or(|n| !n.is_ascii_digit());
+            if group_end {
+                if digits > 15 {
+                    break;
+                }
+                if digits >= 10 && open == 0 {
+                    best = Some(i + 1);
+                }
+            }
+        } else {
+            seps += 1;
+            if seps > 2 {
+                break;
+            }
+            match c {
+                b'(' => open += 1,
+                b')' => {
+                    open -= 1;
+                    if open < 0 {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    best
 }
 
 fn digits_only(s: &str) -> Vec<u8> {
@@ -357,11 +519,12 @@ pub(crate) fn luhn(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// The leftmost-longest run of whole digit groups inside the candidate that
-/// is a valid card number: the regex is greedy, so `4111 1111 1111 1111
-/// 123` arrives as one 19-digit candidate whose first 16 digits are the
-/// card.
-fn credit_card_span(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+/// The card numbers inside a run of digit groups: leftmost-longest runs of
+/// whole groups that are valid card numbers (13–19 digits, first digit 2–6
+/// as used by the card networks, not one repeated digit, Luhn checksum),
+/// each search resuming after the previous card. `4111 1111 1111 1111 123`
+/// holds one card in its first four groups. Linear in the run's length.
+fn cards_in_run(text: &str, r: Range<usize>) -> Vec<Range<usize>> {
     // Digit groups (byte ranges) separated by single spaces or dashes.
     let b = text.as_bytes();
     let mut groups: Vec<Range<usize>> = Vec::new();
@@ -376,25 +539,44 @@ fn credit_card_span(text: &str, r: Range<usize>) -> Option<Range<usize>> {
         }
         i += 1; // separator
     }
-    for first in 0..groups.len() {
-        for last in (first..groups.len()).rev() {
-            let span = groups[first].start..groups[last].end;
-            if credit_card(&text[span.clone()]) {
-                return Some(span);
+    let mut cards = Vec::new();
+    let mut first = 0;
+    while first < groups.len() {
+        match card_from(b, &groups[first..]) {
+            Some(used) => {
+                cards.push(groups[first].start..groups[first + used - 1].end);
+                first += used;
             }
+            None => first += 1,
         }
     }
-    None
+    cards
 }
 
-/// 13–19 digits, a card-network first digit (2–6), not one repeated digit,
-/// Luhn checksum.
-fn credit_card(s: &str) -> bool {
-    let d = digits_only(s);
-    (13..=19).contains(&d.len())
-        && (2..=6).contains(&d[0])
-        && d.iter().any(|&x| x != d[0])
-        && luhn(&d)
+/// The number of leading `groups` forming the longest valid card number
+/// that starts at the first group, if any.
+fn card_from(b: &[u8], groups: &[Range<usize>]) -> Option<usize> {
+    let first = groups.first()?;
+    if !(b'2'..=b'6').contains(&b[first.start]) {
+        return None;
+    }
+    let mut digits = [0u8; 19];
+    let mut n = 0;
+    let mut best = None;
+    for (k, g) in groups.iter().enumerate() {
+        if n + g.len() > digits.len() {
+            break;
+        }
+        for &c in &b[g.clone()] {
+            digits[n] = c - b'0';
+            n += 1;
+        }
+        let d = &digits[..n];
+        if n >= 13 && d.iter().any(|&x| x != d[0]) && luhn(d) {
+            best = Some(k + 1);
+        }
+    }
+    best
 }
 
 /// `AAA-GG-SSSS`: area not 000, 666 or 900–999; group not 00; serial not

@@ -1,4 +1,4 @@
-use super::detect::{b64url_decode, luhn};
+use super::detect::{b64url_decode, luhn, prefilter};
 use super::*;
 
 fn all() -> ActiveMasks {
@@ -107,6 +107,9 @@ fn detector_table() {
         (Email, ".a@example.com".into(), None),
         (Email, "a@-example.com".into(), None),
         (Email, "a@example.c".into(), None),
+        (Email, "a@exa_mple.com".into(), None),
+        (Email, "a@example-.com".into(), None),
+        (Email, format!("a@{}.com", "x".repeat(64)), None),
         (Email, "not an email @ all".into(), None),
         // Phone.
         (Phone, "+14155552671".into(), Some(m(Phone))),
@@ -130,6 +133,13 @@ fn detector_table() {
         (Phone, "123-555-2671".into(), None),    // NANP area code starts with 1
         (Phone, "415-055-2671".into(), None),    // NANP exchange starts with 0
         (Phone, "+123".into(), None),
+        (
+            Phone,
+            "+1 415 555 2671 2024 7".into(),
+            Some(format!("{} 7", m(Phone))),
+        ),
+        (Phone, "+1234567890123456789".into(), None),
+        (Phone, "+1 (415 555 2671".into(), None),
         (Phone, "x+14155552671".into(), None),
         (Phone, "v1.2.3-4155552671".into(), None),
         // AWS access key ids.
@@ -253,6 +263,11 @@ fn overlapping_candidates_are_retried() {
     let out = masks.mask_text("alice@4111 1111  2252 07111 1111 078-05-1120");
     assert_eq!(out, "alice@4111 1111  <masked:credit_card>-05-1120");
     assert!(matches!(masks.mask_text(&out), Cow::Borrowed(_)));
+    let out = masks.mask_text("020 7940 794(415) 555-2671");
+    assert_eq!(out, "<masked:phone><masked:phone>");
+    assert!(matches!(masks.mask_text(&out), Cow::Borrowed(_)));
+    let out = masks.mask_text("(415) 555-2671 020 40970 7940 0950");
+    assert!(matches!(masks.mask_text(&out), Cow::Borrowed(_)), "{out}");
     // Two PEM blocks, the second inside the first's END search range.
     let two =
         "-----BEGIN PRIVATE KEY-----\na\n-----BEGIN PRIVATE KEY-----\nb\n-----END PRIVATE KEY-----";
@@ -384,4 +399,56 @@ fn long_clean_text_is_cheap() {
     assert!(matches!(masks.mask_text(&s), Cow::Borrowed(_)));
     let digits = "1".repeat(100_000);
     assert_eq!(masks.mask_cell(false, CellKind::Text, &digits), None);
+}
+
+/// Common clean values never reach a regex.
+#[test]
+fn prefilter_rejects_common_values() {
+    for s in [
+        "2024-01-15 12:30:00",
+        "2024-01-15T12:30:00.123456+00:00",
+        "order 1234567890123 shipped",
+        "The quick brown fox jumps over the lazy dog",
+        "{\"a\": 1, \"b\": [1,2,3], \"c\": \"xyz\"}",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "10.0.0.1:5432",
+        "-123456789.123456",
+        "1,234,567,890.00",
+    ] {
+        assert_eq!(
+            prefilter(s, DetectorSet::all()),
+            DetectorSet::EMPTY,
+            "{s:?}"
+        );
+    }
+    // And every positive sample passes it.
+    let p = prefilter("4111 1111 1111 1111", DetectorSet::all());
+    assert!(p.contains(Detector::CreditCard));
+    assert!(prefilter("(415) 555-2671", DetectorSet::all()).contains(Detector::Phone));
+    assert!(prefilter("020 7946 0958", DetectorSet::all()).contains(Detector::Phone));
+    assert!(prefilter("+44 20 7946 0958", DetectorSet::all()).contains(Detector::Phone));
+    assert!(prefilter("078-05-1120", DetectorSet::all()).contains(Detector::UsSsn));
+}
+
+/// Inputs built to make a naive matcher quadratic finish quickly (a
+/// quadratic pass over these would take minutes).
+#[test]
+fn adversarial_inputs_stay_linear() {
+    let masks = all();
+    let inputs = [
+        "2 ".repeat(50_000),
+        "4111111111111111 ".repeat(5_000),
+        "a@b.cd ".repeat(20_000),
+        "a@".repeat(50_000),
+        "-----BEGIN PRIVATE KEY-----\n".repeat(5_000),
+        "GB82 ".repeat(20_000),
+        "+1 ".repeat(30_000),
+        "078-05-1120 ".repeat(10_000),
+        "eyJ.".repeat(30_000),
+        "AKIA".repeat(30_000),
+    ];
+    for s in &inputs {
+        let out = masks.mask_text(s);
+        assert!(out.len() <= s.len() * 3);
+    }
 }
