@@ -6,6 +6,7 @@ prints every server reply as one JSON list per batch.
 
     python3 pg_wire.py HOST PORT pipeline
     python3 pg_wire.py HOST PORT cancel
+    python3 pg_wire.py HOST PORT direct_tls
 """
 
 import json
@@ -63,8 +64,16 @@ def query(text):
 
 
 class Conn:
-    def __init__(self, host, port, user="postgres", db="postgres"):
+    def __init__(self, host, port, user="postgres", db="postgres", direct_tls=False):
         self.s = socket.create_connection((host, port), timeout=30)
+        if direct_tls:
+            import ssl
+
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["postgresql"])
+            self.s = ctx.wrap_socket(self.s, server_hostname=host)
         self.buf = b""
         body = struct.pack("!I", 196608)
         body += cstr("user") + cstr(user) + cstr("database") + cstr(db) + b"\0"
@@ -188,6 +197,13 @@ def cancel(host, port):
     print(json.dumps({"replies": out, "seconds": time.time() - start}))
 
 
+def direct_tls(host, port):
+    """PostgreSQL 17's sslnegotiation=direct: TLS from the first byte."""
+    c = Conn(host, port, direct_tls=True)
+    out = c.batch(query("SELECT 'over direct TLS'"))
+    print(json.dumps({"replies": out, "alpn": c.s.selected_alpn_protocol()}))
+
+
 if __name__ == "__main__":
     host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    {"pipeline": pipeline, "cancel": cancel}[mode](host, port)
+    {"pipeline": pipeline, "cancel": cancel, "direct_tls": direct_tls}[mode](host, port)

@@ -509,6 +509,31 @@ fn cancel_request_reaches_the_right_backend() {
 }
 
 #[test]
+fn direct_tls_negotiation() {
+    let pg = Postgres::start();
+    let d = Daemon::start(&policy(pg.port, "deny"));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_wire.py");
+    let out = cg
+        .command("python3")
+        .args([script, "127.0.0.1", &pg.port.to_string(), "direct_tls"])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(v["alpn"], "postgresql");
+    assert!(
+        v["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "D:over direct TLS"),
+        "{v:#}"
+    );
+}
+
+#[test]
 fn unparsed_sql_follows_the_policy_default() {
     let pg = Postgres::start();
     let cg = TestCgroup::new();
