@@ -300,6 +300,31 @@ impl Shared {
         }
     }
 
+    /// `status --pid`: where a process lives and whether it is intercepted.
+    pub fn where_is(&self, pid: u32) -> Result<serde_json::Value> {
+        let cgroup = self.cgroup.of_pid(pid)?;
+        let attached = self
+            .attached_paths()
+            .into_iter()
+            .filter(|a| is_within(&cgroup, a))
+            .max_by_key(|a| a.len());
+        let identity = self
+            .enrollments
+            .lookup(&self.cgroup, &cgroup, now_unix())
+            .map(|e| serde_json::json!({ "enrolled_cgroup": e.cgroup_path, "issuer": e.identity.issuer, "subject": e.identity.subject, "repository": e.identity.claims.get("repository"), "sha": e.identity.claims.get("sha") }));
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .map(|p| p.display().to_string());
+        Ok(serde_json::json!({
+            "pid": pid,
+            "exe": exe,
+            "cgroup": cgroup,
+            "unit": crate::redirect::cgroup::unit_of(&cgroup),
+            "attached": attached,
+            "identity": identity,
+        }))
+    }
+
     pub fn attached_paths(&self) -> Vec<String> {
         match self.redirector.lock() {
             Ok(r) => r.attached().map(|a| a.path.clone()).collect(),

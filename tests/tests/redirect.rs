@@ -81,6 +81,24 @@ fn attached_cgroup_is_intercepted_and_recorded_with_its_identity() {
         "a process outside the cgroup was intercepted"
     );
 
+    // `status --pid` tells where a process lives and whether it is covered.
+    let mut sleeper = cg.command("sleep").arg("30").spawn().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["status", "--json", "--pid", &sleeper.id().to_string()]))
+            .unwrap();
+    assert_eq!(v["cgroup"], cg.path.as_str());
+    assert_eq!(v["attached"], cg.path.as_str());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let me: serde_json::Value = serde_json::from_str(&d.cli_ok(&[
+        "status",
+        "--json",
+        "--pid",
+        &std::process::id().to_string(),
+    ]))
+    .unwrap();
+    assert!(me["attached"].is_null(), "{me}");
+
     // Filters: by cgroup, and --since in the future finds nothing.
     let out = d.cli_ok(&["sessions", "list", "--json", "--cgroup", &cg.path]);
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();

@@ -52,10 +52,13 @@ enum Command {
     Attach(#[command(flatten)] Target),
     /// Detach a cgroup: its processes connect directly again.
     Detach(#[command(flatten)] Target),
-    /// Show the daemon's attachments, intercept rules, live sessions and counters.
+    /// Show the daemon's attachments, intercept rules, live sessions and counters (or, with --pid, where a process lives).
     Status {
         #[arg(long)]
         json: bool,
+        /// Show this process's cgroup, whether an attached cgroup covers it, and its enrolled identity.
+        #[arg(long, value_name = "PID")]
+        pid: Option<u32>,
     },
     /// List and inspect recorded sessions.
     Sessions {
@@ -187,7 +190,41 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json } => {
+        Command::Status {
+            json,
+            pid: Some(pid),
+        } => {
+            let paths = cli.paths()?;
+            let v = Client::connect(&paths.socket)?.call(&Request::WhereIs { pid: *pid })?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+                println!("pid {pid} ({})", s("exe"));
+                println!("  cgroup     {}", s("cgroup"));
+                println!("  unit       {}", s("unit"));
+                match v["attached"].as_str() {
+                    Some(a) => println!("  intercepted: yes (attached cgroup {a})"),
+                    None => println!(
+                        "  intercepted: no (no attached cgroup covers it; `interceptor attach --pid {pid}` would attach {})",
+                        s("cgroup")
+                    ),
+                }
+                match v["identity"].as_object() {
+                    Some(i) => println!(
+                        "  identity   {} (repository {}, enrolled at {})",
+                        i.get("subject").and_then(|x| x.as_str()).unwrap_or("-"),
+                        i.get("repository").and_then(|x| x.as_str()).unwrap_or("-"),
+                        i.get("enrolled_cgroup")
+                            .and_then(|x| x.as_str())
+                            .unwrap_or("-")
+                    ),
+                    None => println!("  identity   none enrolled"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json, pid: None } => {
             let paths = cli.paths()?;
             let data = Client::connect(&paths.socket)?.call(&Request::Status)?;
             if *json {

@@ -58,6 +58,11 @@ pub enum Request {
         #[serde(default)]
         cgroup: Option<String>,
     },
+    /// Where a process lives: its cgroup, the attached cgroup covering it,
+    /// the identity enrolled for it.
+    WhereIs {
+        pid: u32,
+    },
     /// Active enrollments (and with `all`, revoked and rejected attempts).
     EnrollmentsList {
         #[serde(default)]

@@ -240,6 +240,10 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
                 Err(e) => Response::err(format!("{e:#}")),
             }
         }
+        Request::WhereIs { pid } => match shared.where_is(pid) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("{e:#}")),
+        },
         Request::EnrollmentsList { all, limit } => {
             let rows = store::open_ro(&shared.config.database)
                 .map_err(anyhow::Error::from)
