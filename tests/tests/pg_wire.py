@@ -7,6 +7,7 @@ prints every server reply as one JSON list per batch.
     python3 pg_wire.py HOST PORT pipeline
     python3 pg_wire.py HOST PORT cancel
     python3 pg_wire.py HOST PORT direct_tls
+    python3 pg_wire.py HOST PORT bad
 """
 
 import json
@@ -175,6 +176,17 @@ def pipeline(host, port):
     # Several statements in one Query: all or nothing.
     out["multi"] = c.batch(query("SELECT 1; DROP TABLE pipeline_t; SELECT 2"))
     out["final"] = c.batch(query("SELECT count(*) FROM pipeline_t"))
+    # COPY FROM STDIN through the extended protocol, the libpq way: a Sync
+    # right behind Execute (ignored by the server during the copy), and
+    # another after CopyDone.
+    c.s.sendall(parse("", "COPY pipeline_t FROM STDIN") + bind("", "") + execute() + SYNC)
+    copy = []
+    while not copy or copy[-1] != "G":
+        copy.append(show(*c.read()))
+    copy += c.batch(msg(b"d", b"5\n6\n"), msg(b"c"), SYNC)
+    out["copy"] = copy
+    out["copy_after"] = c.batch(query("DROP TABLE pipeline_t"))
+    out["copy_count"] = c.batch(query("SELECT count(*) FROM pipeline_t"))
     c.s.sendall(msg(b"X"))
     print(json.dumps(out))
 
@@ -197,6 +209,42 @@ def cancel(host, port):
     print(json.dumps({"replies": out, "seconds": time.time() - start}))
 
 
+def until_closed(c):
+    out = []
+    try:
+        while True:
+            t, b = c.read()
+            out.append(show(t, b))
+    except (EOFError, ConnectionResetError, socket.timeout):
+        pass
+    return out
+
+
+def bad(host, port):
+    """Malformed input: each connection must end alone, with a reason."""
+    out = {}
+    c = Conn(host, port)
+    c.s.sendall(msg(b"Q", b"SELECT '\xff\xfe'\0"))
+    out["utf8"] = until_closed(c)
+    c = Conn(host, port)
+    c.s.sendall(b"Q" + struct.pack("!I", 0x7FFFFF00))
+    out["oversized"] = until_closed(c)
+    c = Conn(host, port)
+    c.s.sendall(b"Q" + struct.pack("!I", 2))
+    out["bad_length"] = until_closed(c)
+    c = Conn(host, port)
+    c.s.sendall(b"Q" + struct.pack("!I", 100) + b"SELECT")
+    c.s.shutdown(socket.SHUT_WR)
+    out["truncated"] = until_closed(c)
+    c = Conn(host, port)
+    c.s.sendall(msg(b"P", b"s\0SELECT 1\0\x00\x05"))
+    out["short_parse"] = until_closed(c)
+    c = Conn(host, port)
+    c.s.sendall(query("SELECT repeat('x', 100000)"))
+    out["big_row"] = until_closed(c)
+    print(json.dumps(out))
+
+
 def direct_tls(host, port):
     """PostgreSQL 17's sslnegotiation=direct: TLS from the first byte."""
     c = Conn(host, port, direct_tls=True)
@@ -206,4 +254,4 @@ def direct_tls(host, port):
 
 if __name__ == "__main__":
     host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    {"pipeline": pipeline, "cancel": cancel, "direct_tls": direct_tls}[mode](host, port)
+    {"pipeline": pipeline, "cancel": cancel, "direct_tls": direct_tls, "bad": bad}[mode](host, port)

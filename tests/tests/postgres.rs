@@ -460,6 +460,12 @@ fn wire_level_pipelines_refusals_and_masking() {
     );
     assert_eq!(multi[1..], ["Z:I"]);
     assert_eq!(strs("final"), ["T", "D:1", "C:SELECT 1", "Z:I"]);
+    assert_eq!(strs("copy"), ["1", "2", "G", "C:COPY 2", "Z:I"]);
+    assert!(
+        strs("copy_after")[0].starts_with("E:42501:"),
+        "still in step after COPY: {v:#}"
+    );
+    assert_eq!(strs("copy_count"), ["T", "D:3", "C:SELECT 1", "Z:I"]);
     assert!(!pg.log().contains("DROP TABLE pipeline_t"), "{}", pg.log());
 
     // Recording: the named statement's two runs are two events.
@@ -530,6 +536,89 @@ fn direct_tls_negotiation() {
             .iter()
             .any(|r| r == "D:over direct TLS"),
         "{v:#}"
+    );
+}
+
+#[test]
+fn bad_input_ends_only_its_own_session() {
+    let pg = Postgres::start();
+    let d = Daemon::start_with(
+        &policy(pg.port, "deny"),
+        "\n[limits]\nmax_message_bytes = 65536\n",
+    );
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+    // A session that stays open the whole time, in the same cgroup.
+    let bystander = cg
+        .command("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+        ])
+        .args(["-U", "postgres", "-c", "SELECT pg_sleep(3), 'bystander ok'"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("psql");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_wire.py");
+    let out = cg
+        .command("python3")
+        .args([script, "127.0.0.1", &pg.port.to_string(), "bad"])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}\n{}", text(&out), d.log());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let fatal = |k: &str, needle: &str| {
+        let replies = v[k].as_array().unwrap();
+        assert!(
+            replies.iter().any(|r| {
+                let r = r.as_str().unwrap();
+                r.starts_with("E:08P01:interceptor:") && r.contains(needle)
+            }),
+            "{k}: {v:#}"
+        );
+    };
+    fatal("utf8", "invalid UTF-8");
+    fatal("oversized", "over the limit");
+    fatal("bad_length", "invalid length");
+    fatal("short_parse", "Parse");
+    fatal("big_row", "over the limit");
+    fatal("truncated", "middle of a message");
+
+    let by = bystander.wait_with_output().unwrap();
+    assert!(stdout(&by).contains("bystander ok"), "{}", text(&by));
+    assert!(d.cli(&["status"]).status.success(), "the daemon lives on");
+    // Each bad session is recorded with its reason.
+    let reasons: Vec<String> = d
+        .sessions()
+        .iter()
+        .filter(|s| s["protocol"] == "postgres")
+        .filter_map(|s| s["end_reason"].as_str().map(str::to_string))
+        .collect();
+    for needle in ["invalid UTF-8", "over the limit", "middle of a message"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(needle)),
+            "{needle}: {reasons:#?}"
+        );
+    }
+    let bad = d
+        .sessions()
+        .into_iter()
+        .find(|s| {
+            s["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("invalid UTF-8"))
+        })
+        .unwrap();
+    let evs = events(&d, bad["id"].as_i64().unwrap());
+    assert!(
+        evs.iter().any(|e| e["kind"] == "protocol_error"),
+        "{evs:#?}"
     );
 }
 

@@ -1196,7 +1196,22 @@ struct BackState {
 }
 
 impl Back {
-    async fn run(&mut self, mut stop: oneshot::Receiver<Vec<u8>>) -> Result<String, PgError> {
+    async fn run(&mut self, stop: oneshot::Receiver<Vec<u8>>) -> Result<String, PgError> {
+        let r = self.relay(stop).await;
+        if let Err(e @ (PgError::Server(_) | PgError::Unexpected(_))) = &r {
+            // Tell the client why its session ends (best effort).
+            let m = format!("interceptor: {e} (session {})", self.st.session_id);
+            let _ = self
+                .st
+                .out
+                .write_all(&codec::error_response("FATAL", "08P01", &m))
+                .await;
+            let _ = self.st.out.flush().await;
+        }
+        r
+    }
+
+    async fn relay(&mut self, mut stop: oneshot::Receiver<Vec<u8>>) -> Result<String, PgError> {
         loop {
             if !self.input.has_frame() {
                 self.st.out.flush().await.map_err(PgError::ClientIo)?;
