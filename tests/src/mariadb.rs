@@ -16,6 +16,9 @@ use crate::{TestCgroup, free_port, text};
 /// (`cargo xtask setup` installs it; [`ensure_connector`] does if missing).
 pub const CONNECTOR_VERSION: &str = "9.1.0";
 
+/// Serialises `mariadb-install-db` runs.
+static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A MariaDB server listening on 127.0.0.1.
 pub struct MariaDb {
     pub port: u16,
@@ -48,13 +51,22 @@ impl MariaDb {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let (uid, gid) = user_ids("mysql");
         let data = dir.path().join("data");
-        let out = Command::new("mariadb-install-db")
-            .arg("--no-defaults")
-            .arg("--user=mysql")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-            .output()
-            .expect("mariadb-install-db (is mariadb-server installed?)");
+        // Each server gets its own tmpdir: concurrent bootstraps sharing /tmp
+        // collide on their temporary tables.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).expect("mkdir tmp");
+        chown(dir.path(), uid, gid);
+        let out = {
+            let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
+            Command::new("mariadb-install-db")
+                .arg("--no-defaults")
+                .arg("--user=mysql")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+                .output()
+                .expect("mariadb-install-db (is mariadb-server installed?)")
+        };
         assert!(out.status.success(), "mariadb-install-db: {}", text(&out));
         let mut tls_args = Vec::new();
         if tls {
@@ -85,6 +97,7 @@ impl MariaDb {
         let child = Command::new("mariadbd")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--port={port}"))
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--log-error={}", log.display()))

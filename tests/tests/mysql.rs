@@ -204,6 +204,11 @@ except mysql.connector.Error as e:
     print("denied", e.errno, e.msg)
 cur.execute("SELECT COUNT(*) FROM customers WHERE id > ?", (0,))
 print("count", cur.fetchall()[0][0])
+cur.close()
+c.cmd_change_user(username="app", password="secret", database="shop")
+cur = c.cursor()
+cur.execute("SELECT CURRENT_USER()")
+print("changed", cur.fetchall()[0][0])
 c.close()
 "#;
     let out = python(Some(&cg), script, &[&db.port.to_string()]);
@@ -219,6 +224,10 @@ c.close()
     assert!(o.contains("denied 1227") && o.contains("no-drop"), "{o}");
     assert!(!o.contains("dropped"), "{o}");
     assert!(o.contains("count 3"), "{o}");
+    assert!(
+        o.contains("changed app@127.0.0.1"),
+        "COM_CHANGE_USER relayed: {o}"
+    );
     assert_eq!(
         db.admin_ok("SELECT card FROM shop.customers WHERE id = 3")
             .trim(),
@@ -257,6 +266,52 @@ c.close()
     assert!(
         !events.iter().any(|e| e.to_string().contains(CARD)),
         "the raw card number reached the record"
+    );
+    let change = events
+        .iter()
+        .find(|e| e["kind"] == "connect")
+        .unwrap_or_else(|| panic!("no change-user event: {events:#?}"));
+    assert_eq!(change["decision"], "allow");
+    assert!(
+        change["text"]
+            .as_str()
+            .unwrap()
+            .contains("change user to app")
+    );
+}
+
+#[test]
+fn a_refused_connection_gets_a_mysql_error() {
+    let db = MariaDb::start();
+    setup(&db);
+    let extra = r#"
+[[rule]]
+name = "no-mysql-cli"
+match = { protocol = "mysql", comm = "mysql" }
+decision = "deny"
+message = "use the reporting replica"
+"#;
+    let d = Daemon::start(&policy(db.port, extra));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+    let out = db.mysql(Some(&cg), "app", "secret", &["shop"], "SELECT 1;\n");
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    // The client shows the ERR packet sent in place of the handshake (the
+    // MariaDB client wraps it in its own 2002 when it expected TLS).
+    assert!(e.contains("1045"), "{}", text(&out));
+    assert!(
+        e.contains("no-mysql-cli") && e.contains("use the reporting replica"),
+        "{}",
+        text(&out)
+    );
+    let s = d.wait_session(|s| s["comm"] == "mysql");
+    assert!(
+        s["end_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("connection refused"),
+        "{s:#}"
     );
 }
 
@@ -427,7 +482,7 @@ print(repr(s.recv(4096)))
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["kind"] == "error"
+            .any(|e| e["kind"] == "protocol_error"
                 && e["error"].as_str().unwrap_or("").contains("out of order")),
         "{shown:#}"
     );

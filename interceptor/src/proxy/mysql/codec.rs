@@ -865,6 +865,17 @@ impl ColumnPlan {
     }
 }
 
+/// Masks with every detector and no column rule (for tools and fuzzing,
+/// which cannot name the policy crate).
+pub fn all_detectors() -> ActiveMasks {
+    ActiveMasks::with_detectors(policy::DetectorSet::all())
+}
+
+/// No masks at all.
+pub fn no_masks() -> ActiveMasks {
+    ActiveMasks::default()
+}
+
 /// The masked form of a string-encoded value, or `None` to keep it.
 fn mask_string(plan: &ColumnPlan, v: &[u8], masks: &ActiveMasks) -> Option<Cow<'static, str>> {
     match plan.kind {

@@ -71,7 +71,7 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
         Ok(Err(reason)) => return reason,
         Err(e) => {
             let reason = e.to_string();
-            gate.note("error", None, Some(&reason)).await;
+            gate.note("protocol_error", None, Some(&reason)).await;
             return reason;
         }
     };
@@ -117,8 +117,12 @@ async fn handshake(
             .map(|e| e.message)
             .unwrap_or_default();
         let _ = write_message(&mut client, &mut cseq, &buf).await;
-        gate.note("error", None, Some(&format!("server refused: {msg}")))
-            .await;
+        gate.note(
+            "protocol_error",
+            None,
+            Some(&format!("server refused: {msg}")),
+        )
+        .await;
         return Ok(Err(format!("server refused the connection: {msg}")));
     }
     let greeting = match codec::parse_greeting(&buf) {
@@ -228,7 +232,7 @@ async fn handshake(
 
     if let Some(err) = auth_exchange(&mut client, &mut server, &mut buf).await? {
         gate.note(
-            "auth",
+            "auth_error",
             Some(&format!("login as {}", resp.user)),
             Some(&err.message),
         )
@@ -262,11 +266,15 @@ async fn refuse_raw(client: &mut TcpStream, message: &str) -> std::io::Result<()
 /// Who speaks next follows from what the server sent: after an auth switch
 /// or more-data request the client answers, except after caching_sha2's
 /// "fast auth succeeded" (0x01 0x03), which the server follows with its OK.
-async fn auth_exchange(
-    client: &mut Leg<Stream>,
-    server: &mut Leg<Stream>,
+async fn auth_exchange<C, S>(
+    client: &mut Leg<C>,
+    server: &mut Leg<S>,
     buf: &mut Vec<u8>,
-) -> Result<Option<ErrPacket>, MysqlError> {
+) -> Result<Option<ErrPacket>, MysqlError>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         server.read_expected(buf, "during authentication").await?;
         client.write(buf).await?;
@@ -962,23 +970,22 @@ impl Session {
         Ok(())
     }
 
-    /// Records one execution of a prepared statement before it runs.
-    /// `None`: refused (the client has its ERR).
-    ///
-    /// Judged again through the gate: the prepare-time `decision` is what
-    /// the policy gives for the same SQL unless the policy changed since.
+    /// Records one execution of a prepared statement before it runs, under
+    /// the decision taken when it was prepared (no new decision, no new
+    /// approval). `None`: refused (the client has its ERR).
     async fn record_execution(
         &mut self,
         ops: &[Op<'_>],
         decision: &Decision,
     ) -> Result<Option<Vec<i64>>, MysqlError> {
-        let _ = decision;
-        let j = self.judge(ops).await?;
-        if !j.allowed {
-            self.deny(&j).await?;
-            return Ok(None);
+        let mut seqs = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.gate.record_decided(op, decision).await {
+                Ok(s) => seqs.push(s),
+                Err(e) => return Err(self.record_failed(e).await),
+            }
         }
-        Ok(Some(j.seqs))
+        Ok(Some(seqs))
     }
 
     async fn long_data(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
@@ -1104,7 +1111,7 @@ impl Session {
             }
         }
         warn!(error = %reason, "mysql session failed");
-        self.gate.note("error", None, Some(&reason)).await;
+        self.gate.note("protocol_error", None, Some(&reason)).await;
         self.server.shutdown().await;
         self.client.shutdown().await;
         reason
@@ -1292,6 +1299,86 @@ pub fn expose_versioned_comments(sql: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::ByteCounters;
+    use tokio::io::DuplexStream;
+
+    /// Plays a scripted exchange through `auth_exchange`: `script` lists
+    /// (from_server, payload) in order; returns what the proxy decided.
+    async fn play(script: Vec<(bool, Vec<u8>)>) -> Option<ErrPacket> {
+        let (proxy_c, mut client) = tokio::io::duplex(1 << 16);
+        let (proxy_s, mut server) = tokio::io::duplex(1 << 16);
+        let counters = Arc::new(ByteCounters::default());
+        let mut cleg = Leg::new(proxy_c, Side::Client, 2, 1 << 20, counters.clone());
+        let mut sleg = Leg::new(proxy_s, Side::Server, 2, 1 << 20, counters);
+        let peers = tokio::spawn(async move {
+            // Each side sees sequence ids continue from 2, as after the
+            // greeting (0) and the handshake response (1).
+            let (mut cseq, mut sseq) = (2u8, 2u8);
+            let mut buf = Vec::new();
+            for (from_server, payload) in script {
+                let (w, wseq, r, rseq, rside): (
+                    &mut DuplexStream,
+                    &mut u8,
+                    &mut DuplexStream,
+                    &mut u8,
+                    Side,
+                ) = if from_server {
+                    (&mut server, &mut sseq, &mut client, &mut cseq, Side::Client)
+                } else {
+                    (&mut client, &mut cseq, &mut server, &mut sseq, Side::Server)
+                };
+                write_message(w, wseq, &payload).await.unwrap();
+                assert_eq!(
+                    read_message(r, rside, rseq, 1 << 20, &mut buf)
+                        .await
+                        .unwrap(),
+                    Read::Message
+                );
+                assert_eq!(buf, payload, "relayed unchanged");
+            }
+        });
+        let mut buf = Vec::new();
+        let r = auth_exchange(&mut cleg, &mut sleg, &mut buf).await.unwrap();
+        peers.await.unwrap();
+        r
+    }
+
+    #[tokio::test]
+    async fn caching_sha2_full_auth_and_fast_path_are_relayed() {
+        let mut switch = vec![0xfe];
+        switch.extend_from_slice(b"caching_sha2_password\0");
+        switch.extend_from_slice(&[7u8; 20]);
+        switch.push(0);
+        let mut key = vec![0x01];
+        key.extend_from_slice(b"-----BEGIN PUBLIC KEY-----\nMIIB...\n-----END PUBLIC KEY-----\n");
+        let ok = vec![0, 0, 0, 2, 0, 0, 0];
+        // Full authentication over plain TCP: RSA public key requested.
+        let full = vec![
+            (true, switch.clone()),
+            (false, vec![0x55; 32]),
+            (true, vec![0x01, 0x04]),
+            (false, vec![0x02]),
+            (true, key),
+            (false, vec![0xaa; 256]),
+            (true, ok.clone()),
+        ];
+        assert_eq!(play(full).await, None);
+        // Fast path: the server's OK follows "fast auth succeeded" unasked.
+        let fast = vec![
+            (true, switch),
+            (false, vec![0x55; 32]),
+            (true, vec![0x01, 0x03]),
+            (true, ok),
+        ];
+        assert_eq!(play(fast).await, None);
+        // A refusal ends it with the server's error.
+        let denied = vec![(
+            true,
+            codec::err_packet(1045, Some("28000"), "Access denied"),
+        )];
+        let e = play(denied).await.unwrap();
+        assert_eq!((e.code, e.message.as_str()), (1045, "Access denied"));
+    }
 
     #[test]
     fn versioned_comments_are_exposed() {
