@@ -130,7 +130,7 @@ fn enrolled_identity_is_recorded_and_scopes_policy() {
         r#"
 [[intercept]]
 port = {pg}
-protocol = "tcp"
+protocol = "postgres"
 
 [[intercept]]
 port = {http}
@@ -164,13 +164,16 @@ match = {{ target.port = {pg} }}
     d.attach(&acme);
     d.attach(&other);
 
-    // Before enrolling, the database refuses the unenrolled workload.
+    // Before enrolling, the database refuses the unenrolled workload, with
+    // PostgreSQL's own error saying why.
     let out = pg.psql(Some(&acme), "127.0.0.1", "SELECT 1");
     assert!(
         !out.status.success(),
         "unenrolled workload reached the database: {}",
         text(&out)
     );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FATAL") && err.contains("enrollment"), "{err}");
 
     let sha = "4f2c0ffee0ddba11c0ffee4f2c0ffee0ddba11c0";
     let token = sign(&github_claims("acme/api", sha, "interceptor", now() + 600));
@@ -188,7 +191,7 @@ match = {{ target.port = {pg} }}
     let s = d.wait_session(|s| {
         s["cgroup_path"] == acme.path.as_str()
             && s["dst_port"] == pg.port
-            && s["end_reason"] == "closed"
+            && s["repository"] == "acme/api"
     });
     assert_eq!(s["repository"], "acme/api");
     assert_eq!(s["sha"], sha);
