@@ -291,6 +291,8 @@ fn tls_and_password_authentication() {
     assert!(evs.iter().any(|e| e["kind"] == "tls_downgrade"), "{evs:#?}");
     let out = run("scram_user", "s3cret-scram", "prefer", "SELECT 'prefer ok'");
     assert!(out.status.success(), "{}", text(&out));
+    let out = run("postgres", "", "prefer", ssl_query);
+    assert_eq!(stdout(&out).trim(), "ssl=true", "{}", text(&out));
     let out = run("scram_user", "s3cret-scram", "disable", "SELECT 'plain ok'");
     assert!(out.status.success(), "{}", text(&out));
     let out = run("scram_user", "wrong", "require", "SELECT 1");
@@ -529,6 +531,30 @@ fn direct_tls_negotiation() {
     assert!(out.status.success(), "{}\n{}", text(&out), d.log());
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(v["alpn"], "postgresql");
+    // An SSLRequest is answered as the server answers it: this server has
+    // no TLS, so sslmode=require fails as it would without the interceptor,
+    // and sslmode=prefer goes on in plain text.
+    let conn = |sslmode: &str| {
+        cg.command("psql")
+            .args(["-X", "-A", "-t", "-w"])
+            .arg(format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode={sslmode}",
+                pg.port
+            ))
+            .args(["-c", "\\conninfo"])
+            .output()
+            .expect("psql")
+    };
+    let out = conn("require");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("server does not support SSL"),
+        "{}",
+        text(&out)
+    );
+    let out = conn("prefer");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stdout(&out).contains("SSL connection"), "{}", text(&out));
     assert!(
         v["replies"]
             .as_array()

@@ -127,22 +127,45 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<
 }
 
 enum Opening {
-    Startup { client: Stream, body: Vec<u8> },
-    Cancel { key: Vec<u8> },
+    Startup {
+        client: Stream,
+        server: Stream,
+        body: Vec<u8>,
+    },
+    Cancel {
+        key: Vec<u8>,
+        server: Stream,
+    },
     Closed,
 }
 
+/// Start-up negotiation. The client's SSLRequest is answered as the server
+/// answers ours: `S` when the server speaks TLS (then TLS is terminated
+/// here and spoken to the server), `N` when it does not — so a client
+/// gets the same choice as without the interceptor (`sslmode=require`
+/// against a server without TLS fails the same way).
 async fn open_client(
     shared: &Arc<Shared>,
     dst: SocketAddr,
     tcp: TcpStream,
+    upstream: TcpStream,
 ) -> Result<Opening, PgError> {
+    let mut raw_upstream = Some(upstream);
+    let mut server: Option<Stream> = None;
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(PgError::ClientIo)? == 0 {
         return Ok(Opening::Closed);
     }
     let mut stream = if first[0] == 0x16 {
-        // A TLS ClientHello straight away (direct TLS negotiation).
+        // A TLS ClientHello straight away (direct TLS negotiation): the
+        // server is asked for TLS too, and used plain if it has none.
+        if let Some(raw) = raw_upstream.take() {
+            let s = upstream::negotiate(shared, dst, raw).await?;
+            if !s.is_tls() {
+                info!("direct TLS client, server without TLS: the server leg is plain TCP");
+            }
+            server = Some(s);
+        }
         upstream::accept_tls(shared, dst, tcp, true).await?
     } else {
         Stream::Plain(tcp)
@@ -153,27 +176,57 @@ async fn open_client(
         };
         match codec::decode_startup(&body).map_err(PgError::Client)? {
             Startup::Ssl => {
-                let Stream::Plain(mut tcp) = stream else {
+                let (Stream::Plain(mut tcp), Some(raw)) = (stream, raw_upstream.take()) else {
                     return Err(PgError::Client(CodecError::malformed(
                         "SSLRequest",
-                        "sent again inside TLS",
+                        "sent again",
                     )));
                 };
-                tcp.write_all(b"S").await.map_err(PgError::ClientIo)?;
-                // Nothing was read past the SSLRequest, so no plaintext
-                // sent ahead of the handshake can be mistaken for TLS data.
-                stream = upstream::accept_tls(shared, dst, tcp, false).await?;
+                let up = match upstream::negotiate(shared, dst, raw).await {
+                    Ok(up) => up,
+                    Err(e) => {
+                        let m = format!("interceptor: {e}");
+                        let _ = tcp
+                            .write_all(&codec::error_response("FATAL", "08001", &m))
+                            .await;
+                        return Err(e);
+                    }
+                };
+                if up.is_tls() {
+                    tcp.write_all(b"S").await.map_err(PgError::ClientIo)?;
+                    // Nothing was read past the SSLRequest, so no plaintext
+                    // sent ahead of the handshake is taken for TLS data.
+                    stream = upstream::accept_tls(shared, dst, tcp, false).await?;
+                } else {
+                    tcp.write_all(b"N").await.map_err(PgError::ClientIo)?;
+                    stream = Stream::Plain(tcp);
+                }
+                server = Some(up);
             }
             Startup::GssEnc => {
                 stream.write_all(b"N").await.map_err(PgError::ClientIo)?;
                 stream.flush().await.map_err(PgError::ClientIo)?;
             }
             Startup::Cancel { key } => {
-                return Ok(Opening::Cancel { key: key.to_vec() });
+                let server = match (server, raw_upstream) {
+                    (Some(s), _) => s,
+                    (None, Some(raw)) => Stream::Plain(raw),
+                    (None, None) => return Ok(Opening::Closed),
+                };
+                return Ok(Opening::Cancel {
+                    key: key.to_vec(),
+                    server,
+                });
             }
             Startup::Message { .. } => {
+                let server = match (server, raw_upstream) {
+                    (Some(s), _) => s,
+                    (None, Some(raw)) => Stream::Plain(raw),
+                    (None, None) => return Ok(Opening::Closed),
+                };
                 return Ok(Opening::Startup {
                     client: stream,
+                    server,
                     body,
                 });
             }
@@ -194,21 +247,27 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
         ctx.workload.clone(),
         ctx.target.clone(),
     );
-    let opening =
-        match tokio::time::timeout(STARTUP_TIMEOUT, open_client(&ctx.shared, dst, client)).await {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return ended(&mut gate, e).await,
-            Err(_) => return ended(&mut gate, PgError::StartupTimeout).await,
-        };
+    let opening = match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        open_client(&ctx.shared, dst, client, upstream),
+    )
+    .await
+    {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => return ended(&mut gate, e).await,
+        Err(_) => return ended(&mut gate, PgError::StartupTimeout).await,
+    };
     match opening {
         Opening::Closed => "client closed before start-up".into(),
-        Opening::Cancel { key } => relay_cancel(&ctx, &mut gate, &key, upstream).await,
-        Opening::Startup { client, body } => {
-            match session(&ctx, &mut gate, dst, client, &body, upstream).await {
-                Ok(reason) => reason,
-                Err(e) => ended(&mut gate, e).await,
-            }
-        }
+        Opening::Cancel { key, server } => relay_cancel(&ctx, &mut gate, &key, server).await,
+        Opening::Startup {
+            client,
+            server,
+            body,
+        } => match session(&ctx, &mut gate, dst, client, server, &body).await {
+            Ok(reason) => reason,
+            Err(e) => ended(&mut gate, e).await,
+        },
     }
 }
 
@@ -233,7 +292,7 @@ async fn relay_cancel(
     ctx: &SessionCtx,
     gate: &mut Gate,
     key: &[u8],
-    mut upstream: TcpStream,
+    mut upstream: Stream,
 ) -> String {
     let target = lock(cancel_keys()).get(key).copied();
     let pid = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
@@ -254,7 +313,12 @@ async fn relay_cancel(
                 Err(e) => Err(e.to_string()),
             }
         }
-        _ => upstream.write_all(&packet).await.map_err(|e| e.to_string()),
+        _ => async {
+            upstream.write_all(&packet).await?;
+            upstream.flush().await
+        }
+        .await
+        .map_err(|e| e.to_string()),
     };
     let text = match target {
         Some(t) => format!(
@@ -294,9 +358,9 @@ async fn session(
     ctx: &SessionCtx,
     gate: &mut Gate,
     dst: SocketAddr,
-    mut client: Stream,
+    client: Stream,
+    mut server: Stream,
     startup: &[u8],
-    upstream_tcp: TcpStream,
 ) -> Result<String, PgError> {
     let max = ctx.shared.config.limits.max_message_bytes;
     let (user, database) = match codec::decode_startup(startup) {
@@ -314,24 +378,8 @@ async fn session(
     debug!(?user, ?database, tls = client.is_tls(), "start-up");
 
     let client_tls = client.is_tls();
-    let mut server = if client_tls {
-        match upstream::negotiate(&ctx.shared, dst, upstream_tcp).await {
-            Ok(s) => s,
-            Err(e) => {
-                fatal(
-                    &mut client,
-                    "08001",
-                    &format!("interceptor: {e} (session {})", ctx.id),
-                )
-                .await;
-                return Err(e);
-            }
-        }
-    } else {
-        Stream::Plain(upstream_tcp)
-    };
     if client_tls && !server.is_tls() {
-        warn!("the client uses TLS but the server does not offer it: the server leg is plain TCP");
+        info!("the client uses TLS but the server does not: the server leg is plain TCP");
     }
     let packet = codec::startup_packet(startup);
     server.write_all(&packet).await.map_err(PgError::ServerIo)?;
