@@ -23,6 +23,9 @@ use crate::proxy::SessionCtx;
 use crate::proxy::gate::{Classified, Gate, Judgement, Op};
 use crate::record::RecordError;
 
+/// Buffers larger than this are shrunk between commands.
+const KEEP_BUFFER: usize = 1 << 20;
+
 /// Most columns a result set may announce (MySQL's limit is 4096).
 const MAX_COLUMNS: u64 = 65_535;
 
@@ -278,13 +281,12 @@ where
     loop {
         server.read_expected(buf, "during authentication").await?;
         client.write(buf).await?;
+        client.flush().await?;
         match buf.first() {
             Some(0x00) => {
-                client.flush().await?;
                 return Ok(None);
             }
             Some(0xff) => {
-                client.flush().await?;
                 return Ok(Some(
                     codec::parse_err(buf).map_err(MysqlError::codec(Side::Server))?,
                 ));
@@ -292,7 +294,6 @@ where
             Some(0x01) if buf.as_slice() == [0x01, 0x03] => continue,
             _ => {}
         }
-        client.flush().await?;
         client.read_expected(buf, "during authentication").await?;
         server.write(buf).await?;
         server.flush().await?;
@@ -387,6 +388,13 @@ impl Session {
                 Err(e) => Err(e),
             };
             self.cmd = cmd;
+            // A huge message leaves a huge buffer: give it back.
+            for b in [&mut self.cmd, &mut self.buf, &mut self.out] {
+                if b.capacity() > KEEP_BUFFER {
+                    b.clear();
+                    b.shrink_to(KEEP_BUFFER);
+                }
+            }
             match r {
                 Ok(true) => {}
                 Ok(false) => return Ok("closed".into()),
