@@ -3,6 +3,7 @@
 //! Everything here is idempotent: each step checks before it installs, so
 //! running a command twice costs a few `dpkg-query` calls the second time.
 
+mod bench;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ enum Cmd {
     Install,
     /// Boot the Vagrant VM and run the end-to-end suite in it.
     Vm,
+    /// Benchmark: direct vs interceptor vs pgbouncer vs haproxy with pgbench;
+    /// writes bench-results/ and the Performance section of README.md.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
         Cmd::Vm => run(Command::new("vagrant")
             .arg("up")
             .current_dir(root.join("vagrant"))),
+        Cmd::Bench(args) => bench::run(&root, args),
     }
 }
 
@@ -98,7 +103,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "warnings",
     ]))?;
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;
-    let bin = root.join("target/debug/interceptor");
+    let bin = target_dir(root).join("debug/interceptor");
     run(cargo(root)
         .args(["test", "--workspace"])
         .args(extra)
@@ -112,9 +117,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn build_release(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build_release(root: &Path) -> Result<PathBuf> {
     run(cargo(root).args(["build", "--release", "-p", "interceptor"]))?;
-    Ok(root.join("target/release/interceptor"))
+    Ok(target_dir(root).join("release/interceptor"))
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR` when set (relative to
+/// the workspace root), else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root.join(d),
+        _ => root.join("target"),
+    }
 }
 
 fn cargo(root: &Path) -> Command {
