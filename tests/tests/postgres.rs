@@ -289,6 +289,19 @@ fn tls_and_password_authentication() {
     let scram = d.wait_session(|s| s["target_user"] == "scram_user");
     let evs = events(&d, scram["id"].as_i64().unwrap());
     assert!(evs.iter().any(|e| e["kind"] == "tls_downgrade"), "{evs:#?}");
+    // A client that does not offer channel binding keeps TLS on both legs.
+    let out = cg
+        .command("psql")
+        .args(["-X", "-A", "-t", "-w"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=scram_user dbname=postgres sslmode=require channel_binding=disable",
+            pg.port
+        ))
+        .args(["-c", ssl_query])
+        .env("PGPASSWORD", "s3cret-scram")
+        .output()
+        .expect("psql");
+    assert_eq!(stdout(&out).trim(), "ssl=true", "{}", text(&out));
     let out = run("scram_user", "s3cret-scram", "prefer", "SELECT 'prefer ok'");
     assert!(out.status.success(), "{}", text(&out));
     let out = run("postgres", "", "prefer", ssl_query);

@@ -50,6 +50,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_BUFFER: usize = 32 * 1024;
 /// Most named statements / portals tracked per session for recording.
 const MAX_TRACKED: usize = 10_000;
+/// How long outcomes wait for the next statement's record before they are
+/// recorded on their own.
+const OUTCOME_DELAY: Duration = Duration::from_millis(20);
 /// The statement a refused one is replaced with: always a syntax error.
 const PLACEHOLDER: &str = "INTERCEPTOR_REFUSED";
 
@@ -424,8 +427,14 @@ async fn session(
     let (cr, cw) = c.split();
     let (sr, sw) = s.split();
     let pipe = Arc::new(Pipeline::default());
+    let outcomes = pipe.clone();
     let masks = gate.masks().clone();
     let masks_active = !masks.is_empty();
+    let blind = Arc::new(if masks_active {
+        RowPlan::blind(&masks)
+    } else {
+        RowPlan::default()
+    });
     let (stop_tx, stop_rx) = oneshot::channel::<Vec<u8>>();
 
     let mut front = Front {
@@ -447,13 +456,10 @@ async fn session(
     let mut back = Back {
         input: FrameReader::with_buffered(sr, max, s_rest),
         st: BackState {
-            shared: ctx.shared.clone(),
             session_id: ctx.id,
-            plan: if masks_active {
-                RowPlan::blind(&masks)
-            } else {
-                RowPlan::default()
-            },
+            plan: blind.clone(),
+            blind,
+            plans: HashMap::new(),
             masks,
             masks_active,
             out: BufWriter::with_capacity(WRITE_BUFFER, cw),
@@ -485,6 +491,7 @@ async fn session(
         }
         r = &mut back_fut => r,
     };
+    outcomes.record_outcomes(&ctx.shared).await;
     drop(cancel);
     result
 }
@@ -742,11 +749,27 @@ struct Pipeline {
     statements: Mutex<HashMap<Vec<u8>, Arc<StmtInfo>>>,
     /// The server is in COPY FROM STDIN: it ignores Sync (and Flush).
     copy_in: AtomicBool,
+    /// Outcomes noted by the server loop, not yet handed to the recorder.
+    outcomes: Mutex<Vec<EventOutcome>>,
 }
 
 impl Pipeline {
     fn push(&self, p: Pending) {
         lock(&self.pending).push_back(p);
+    }
+
+    fn has_outcomes(&self) -> bool {
+        !lock(&self.outcomes).is_empty()
+    }
+
+    /// Hands the noted outcomes to the recorder (not waiting for a commit).
+    async fn record_outcomes(&self, shared: &Shared) {
+        let outcomes = std::mem::take(&mut *lock(&self.outcomes));
+        for o in outcomes {
+            if let Err(e) = shared.recorder.enqueue(WriteOp::EventOutcome(o)).await {
+                warn!(error = %e, "cannot record a statement's outcome");
+            }
+        }
     }
 
     fn restore(&self, r: Restore) {
@@ -798,10 +821,22 @@ struct FrontState<'g> {
 impl Front<'_> {
     async fn run(&mut self) -> Result<String, PgError> {
         loop {
-            if !self.input.has_frame() {
+            let waiting = !self.input.has_frame();
+            if waiting {
                 self.st.out.flush().await.map_err(PgError::ServerIo)?;
             }
-            let Some(frame) = self.input.next().await.map_err(PgError::client)? else {
+            let next = if waiting && self.st.pipe.has_outcomes() {
+                tokio::select! {
+                    r = self.input.next() => r,
+                    _ = tokio::time::sleep(OUTCOME_DELAY) => {
+                        self.st.pipe.record_outcomes(&self.st.shared).await;
+                        continue;
+                    }
+                }
+            } else {
+                self.input.next().await
+            };
+            let Some(frame) = next.map_err(PgError::client)? else {
                 return Ok("client closed the connection".into());
             };
             self.st
@@ -955,6 +990,7 @@ impl FrontState<'_> {
         if !self.out.buffer().is_empty() {
             self.out.flush().await.map_err(PgError::ServerIo)?;
         }
+        self.pipe.record_outcomes(&self.shared).await;
         Ok(self.gate.judge(ops).await?)
     }
 
@@ -1124,6 +1160,7 @@ impl FrontState<'_> {
                         shape: None,
                         detail: Some(detail),
                     };
+                    self.pipe.record_outcomes(&self.shared).await;
                     Some(self.gate.record_decided(&op, decision).await?)
                 }
             },
@@ -1159,6 +1196,7 @@ impl FrontState<'_> {
                     shape: None,
                     detail: None,
                 };
+                self.pipe.record_outcomes(&self.shared).await;
                 Some(self.gate.record_decided(&op, &decision).await?)
             }
         };
@@ -1228,13 +1266,18 @@ struct Back {
 }
 
 struct BackState {
-    shared: Arc<Shared>,
     session_id: i64,
     masks: ActiveMasks,
     masks_active: bool,
     out: BufWriter<BoxWrite>,
     pipe: Arc<Pipeline>,
-    plan: RowPlan,
+    /// The masking plan of the rows being relayed.
+    plan: Arc<RowPlan>,
+    /// The plan for rows without a description.
+    blind: Arc<RowPlan>,
+    /// Plans by RowDescription (a prepared statement describes the same
+    /// rows at every execution).
+    plans: HashMap<Vec<u8>, Arc<RowPlan>>,
     /// After an error in an extended-protocol batch the server skips to
     /// Sync.
     skipping: bool,
@@ -1315,28 +1358,36 @@ impl BackState {
 
     fn reset_plan(&mut self) {
         if self.masks_active {
-            self.plan = RowPlan::blind(&self.masks);
+            self.plan = self.blind.clone();
         }
     }
 
-    async fn outcome(
-        &mut self,
-        seq: i64,
-        started: Instant,
-        rows: Option<i64>,
-        error: Option<String>,
-    ) {
+    fn set_plan(&mut self, desc: &[u8]) -> Result<(), PgError> {
+        if let Some(p) = self.plans.get(desc) {
+            self.plan = p.clone();
+            return Ok(());
+        }
+        let p = Arc::new(RowPlan::new(desc, &self.masks).map_err(PgError::server)?);
+        if self.plans.len() >= 256 {
+            self.plans.clear();
+        }
+        self.plans.insert(desc.to_vec(), p.clone());
+        self.plan = p;
+        Ok(())
+    }
+
+    /// Notes how a statement went. The client loop hands the outcomes to
+    /// the recorder right before its next record (one transaction for
+    /// both), or after a short idle time.
+    fn outcome(&mut self, seq: i64, started: Instant, rows: Option<i64>, error: Option<String>) {
         let error = error.map(|e| self.masks.mask_text(&e).into_owned());
-        let op = WriteOp::EventOutcome(EventOutcome {
+        lock(&self.pipe.outcomes).push(EventOutcome {
             session_id: self.session_id,
             seq,
             duration_us: Some(started.elapsed().as_micros().min(i64::MAX as u128) as i64),
             rows,
             error,
         });
-        if let Err(e) = self.shared.recorder.enqueue(op).await {
-            warn!(error = %e, "cannot record a statement's outcome");
-        }
     }
 
     async fn handle(&mut self, f: Frame<'_>) -> Result<(), PgError> {
@@ -1381,13 +1432,13 @@ impl BackState {
                 self.copy_out_text = false;
                 self.reset_plan();
                 if let Some((seq, started)) = done {
-                    self.outcome(seq, started, rows, None).await;
+                    self.outcome(seq, started, rows, None);
                 }
                 self.forward(f.raw).await
             }
             b'T' => {
                 if self.masks_active {
-                    self.plan = RowPlan::new(f.body, &self.masks).map_err(PgError::server)?;
+                    self.set_plan(f.body)?;
                 }
                 if self.reply_to_describe(f.tag)? {
                     return Ok(());
@@ -1451,7 +1502,7 @@ impl BackState {
                 };
                 self.reset_plan();
                 if let Some((seq, started)) = done {
-                    self.outcome(seq, started, None, None).await;
+                    self.outcome(seq, started, None, None);
                 }
                 self.forward(f.raw).await
             }
@@ -1595,7 +1646,7 @@ impl BackState {
         self.copy_out_text = false;
         self.reset_plan();
         if let Some((seq, started)) = done {
-            self.outcome(seq, started, None, Some(message)).await;
+            self.outcome(seq, started, None, Some(message));
         }
         if let Some(d) = denial.filter(|_| severity == "ERROR") {
             // The placeholder's syntax error becomes the refusal.
