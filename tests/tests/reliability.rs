@@ -16,13 +16,18 @@ fn pg_policy(port: u16) -> String {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below
     }
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -57,7 +62,16 @@ fn every_statement_that_reached_the_server_is_recorded_across_crashes() {
         // A client streaming single-statement inserts as fast as it can.
         let mut psql = cg
             .command("psql")
-            .args(["-X", "-q", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres"])
+            .args([
+                "-X",
+                "-q",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,17 +93,25 @@ fn every_statement_that_reached_the_server_is_recorded_across_crashes() {
         d.kill9();
         drop(stdin);
         let _ = psql.wait();
-        d.spawn().unwrap_or_else(|e| panic!("restart after kill {round}: {e}"));
+        d.spawn()
+            .unwrap_or_else(|e| panic!("restart after kill {round}: {e}"));
     }
 
     // What the server executed, from its own log.
     let log = pg.log();
     let executed: Vec<String> = log
         .lines()
-        .filter_map(|l| l.split_once("statement: ").map(|(_, s)| s.trim().to_string()))
+        .filter_map(|l| {
+            l.split_once("statement: ")
+                .map(|(_, s)| s.trim().to_string())
+        })
         .filter(|s| s.starts_with("INSERT INTO d VALUES"))
         .collect();
-    assert!(executed.len() > 20, "too few statements reached the server: {}", executed.len());
+    assert!(
+        executed.len() > 20,
+        "too few statements reached the server: {}",
+        executed.len()
+    );
 
     // What the interceptor recorded (the database opens cleanly: export works).
     let export = d.cli_ok(&["export"]);
@@ -119,7 +141,10 @@ fn every_statement_that_reached_the_server_is_recorded_across_crashes() {
         .into_iter()
         .filter(|s| s["ended_at"].is_null())
         .collect();
-    assert!(open.is_empty(), "sessions left open after restarts: {open:?}");
+    assert!(
+        open.is_empty(),
+        "sessions left open after restarts: {open:?}"
+    );
 }
 
 /// 200 concurrent client sessions for a bounded time: no errors, bounded
@@ -128,7 +153,19 @@ fn every_statement_that_reached_the_server_is_recorded_across_crashes() {
 fn two_hundred_concurrent_sessions() {
     let pg = Postgres::start();
     let out = Command::new(interceptor_e2e::servers::pg_bindir().join("pgbench"))
-        .args(["-i", "-q", "-s", "2", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "2",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -143,7 +180,22 @@ fn two_hundred_concurrent_sessions() {
 
     let out = cg
         .command(interceptor_e2e::servers::pg_bindir().join("pgbench"))
-        .args(["-S", "-c", "200", "-j", "4", "-T", "8", "-h", "127.0.0.1", "-p", &pg.port.to_string(), "-U", "postgres", "postgres"])
+        .args([
+            "-S",
+            "-c",
+            "200",
+            "-j",
+            "4",
+            "-T",
+            "8",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "postgres",
+            "postgres",
+        ])
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
@@ -160,11 +212,15 @@ fn two_hundred_concurrent_sessions() {
     // All sessions end; descriptors return to where they were.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: serde_json::Value = serde_json::from_str(&d.cli_ok(&["status", "--json"])).unwrap();
+        let status: serde_json::Value =
+            serde_json::from_str(&d.cli_ok(&["status", "--json"])).unwrap();
         if status["live_sessions"].as_array().unwrap().is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "sessions still live after the load ended");
+        assert!(
+            Instant::now() < deadline,
+            "sessions still live after the load ended"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -183,7 +239,10 @@ fn two_hundred_concurrent_sessions() {
 #[test]
 fn hostile_and_slow_clients_do_not_hurt_others() {
     let pg = Postgres::start();
-    let d = Daemon::start_with(&pg_policy(pg.port), "[limits]\nmax_message_bytes = 1048576\n");
+    let d = Daemon::start_with(
+        &pg_policy(pg.port),
+        "[limits]\nmax_message_bytes = 1048576\n",
+    );
     let cg = TestCgroup::new();
     d.attach(&cg);
     let port = pg.port.to_string();
@@ -208,7 +267,11 @@ send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")                          # not Postgr
 send(struct.pack("!I", 200) + b"\x00\x03\x00\x00user\x00")          # truncated startup
 print("done")
 "#;
-    let out = cg.command("python3").args(["-c", script, &port]).output().unwrap();
+    let out = cg
+        .command("python3")
+        .args(["-c", script, &port])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
     // The daemon is alive and a normal client works.
@@ -237,14 +300,20 @@ time.sleep(30)
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(trickle.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(trickle.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line.trim(), "started");
     std::thread::sleep(Duration::from_secs(2));
     for _ in 0..5 {
         let t = Instant::now();
         let out = pg.psql(Some(&cg), "127.0.0.1", "SELECT 1");
         assert!(out.status.success(), "{}", text(&out));
-        assert!(t.elapsed() < Duration::from_secs(2), "a normal client waited {:?} behind slow ones", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a normal client waited {:?} behind slow ones",
+            t.elapsed()
+        );
     }
     let _ = trickle.kill();
     let _ = trickle.wait();
@@ -257,7 +326,11 @@ time.sleep(30)
         .filter(|s| s["comm"] == "python3" && !s["ended_at"].is_null())
         .collect();
     assert!(ended.len() >= 4, "{ended:#?}");
-    assert!(ended.iter().all(|s| s["end_reason"].as_str().is_some_and(|r| !r.is_empty())));
+    assert!(
+        ended
+            .iter()
+            .all(|s| s["end_reason"].as_str().is_some_and(|r| !r.is_empty()))
+    );
 }
 
 /// Attempts to get around the interception from inside an attached cgroup.
@@ -275,24 +348,39 @@ fn bypass_attempts_from_inside_are_intercepted_or_refused() {
     let cg = TestCgroup::new();
     d.attach(&cg);
     let port = pg.port.to_string();
-    let count = |pred: &dyn Fn(&serde_json::Value) -> bool| d.sessions().iter().filter(|s| pred(s)).count();
+    let count =
+        |pred: &dyn Fn(&serde_json::Value) -> bool| d.sessions().iter().filter(|s| pred(s)).count();
 
     // IPv6, IPv4-mapped IPv6, a second address of the host.
     for host in ["::1", "::ffff:127.0.0.1"] {
         let out = pg.psql(Some(&cg), host, "SELECT 1");
         assert!(out.status.success(), "{host}: {}", text(&out));
     }
-    let out = curl(Some(&cg), &format!("http://127.0.0.2:{}/hello.txt", http2.port));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "second address\n", "{}", text(&out));
+    let out = curl(
+        Some(&cg),
+        &format!("http://127.0.0.2:{}/hello.txt", http2.port),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "second address\n",
+        "{}",
+        text(&out)
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(&|s| s["dst_addr"] == "::1"), 1);
-    assert_eq!(count(&|s| s["dst_addr"] == "127.0.0.1" && s["dst_port"] == pg.port), 1);
+    assert_eq!(
+        count(&|s| s["dst_addr"] == "127.0.0.1" && s["dst_port"] == pg.port),
+        1
+    );
     assert_eq!(count(&|s| s["dst_addr"] == "127.0.0.2"), 1);
 
     // A grandchild process, and a second thread of a process.
     let out = cg
         .command("bash")
-        .args(["-c", &format!("bash -c 'psql -X -h 127.0.0.1 -p {port} -U postgres -c \"SELECT 2\"'")])
+        .args([
+            "-c",
+            &format!("bash -c 'psql -X -h 127.0.0.1 -p {port} -U postgres -c \"SELECT 2\"'"),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -308,10 +396,17 @@ def connect():
 t = threading.Thread(target=connect); t.start(); t.join()
 print(ok)
 "#;
-    let out = cg.command("python3").args(["-c", threaded, &port]).output().unwrap();
+    let out = cg
+        .command("python3")
+        .args(["-c", threaded, &port])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(count(&|s| s["comm"] == "python3") >= 1, "thread connect not intercepted");
+    assert!(
+        count(&|s| s["comm"] == "python3") >= 1,
+        "thread connect not intercepted"
+    );
     assert!(count(&|s| s["dst_port"] == pg.port) >= 4);
 
     // A new network namespace does not help: the connect is still rewritten
@@ -319,8 +414,17 @@ print(ok)
     // fails instead of going anywhere.
     let out = cg
         .command("unshare")
-        .args(["--net", "bash", "-c", &format!("ip link set lo up; exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected")])
+        .args([
+            "--net",
+            "bash",
+            "-c",
+            &format!("ip link set lo up; exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"),
+        ])
         .output()
         .unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("connected"), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("connected"),
+        "{}",
+        text(&out)
+    );
 }

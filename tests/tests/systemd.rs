@@ -16,9 +16,16 @@ fn verify(unit: &Path) {
         .arg(unit)
         .output()
         .expect("systemd-analyze (package systemd)");
-    assert!(out.status.success(), "systemd-analyze verify: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.trim().is_empty(), "systemd-analyze verify warned: {err}");
+    assert!(
+        err.trim().is_empty(),
+        "systemd-analyze verify warned: {err}"
+    );
 }
 
 #[test]
@@ -53,11 +60,17 @@ fn unit_verifies_and_its_exec_start_runs_the_daemon() {
     // start the unit's command line with that configuration instead.
     let mut d = Daemon::start("[[intercept]]\nport = 1\nprotocol = \"tcp\"\n");
     assert!(d.stop().success());
-    let cfg_idx = argv.iter().position(|a| a == "--config").expect("--config in ExecStart") + 1;
+    let cfg_idx = argv
+        .iter()
+        .position(|a| a == "--config")
+        .expect("--config in ExecStart")
+        + 1;
     argv[cfg_idx] = d.config.display().to_string();
     // Type=notify: the daemon says READY=1 on $NOTIFY_SOCKET.
     let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut child = Command::new(&argv[0])
         .args(&argv[1..])
         .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
@@ -80,7 +93,13 @@ fn unit_verifies_and_its_exec_start_runs_the_daemon() {
     d.attach(&cg);
     let _ = bash_tcp(Some(&cg), "127.0.0.1", 1, "x");
     let s = d.wait_session(|s| s["dst_port"] == 1);
-    assert!(s["end_reason"].as_str().unwrap().contains("upstream connect failed"), "{s}");
+    assert!(
+        s["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("upstream connect failed"),
+        "{s}"
+    );
     // SIGTERM (systemctl stop) exits cleanly.
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
@@ -103,7 +122,10 @@ fn install_puts_binary_unit_config_and_runner_hooks_in_place() {
             .arg(&etc)
             .arg("--unit-dir")
             .arg(&units)
-            .args(["--github-runner-unit", "actions.runner.acme.runner1.service"])
+            .args([
+                "--github-runner-unit",
+                "actions.runner.acme.runner1.service",
+            ])
             .output()
             .unwrap()
     };
@@ -111,29 +133,61 @@ fn install_puts_binary_unit_config_and_runner_hooks_in_place() {
     assert!(out.status.success(), "{}", text(&out));
     let bin = prefix.join("bin/interceptor");
     assert!(bin.exists());
-    for f in ["lib/interceptor/github-job-started.sh", "lib/interceptor/github-job-completed.sh", "share/doc/interceptor/README.md"] {
+    for f in [
+        "lib/interceptor/github-job-started.sh",
+        "lib/interceptor/github-job-completed.sh",
+        "share/doc/interceptor/README.md",
+    ] {
         assert!(prefix.join(f).exists(), "{f} not installed");
     }
     let unit = units.join("interceptor.service");
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    assert!(unit_text.contains(&format!("ExecStart={} run --config {}", bin.display(), etc.join("interceptor.toml").display())), "{unit_text}");
+    assert!(
+        unit_text.contains(&format!(
+            "ExecStart={} run --config {}",
+            bin.display(),
+            etc.join("interceptor.toml").display()
+        )),
+        "{unit_text}"
+    );
     verify(&unit);
-    let drop_in = std::fs::read_to_string(units.join("actions.runner.acme.runner1.service.d/interceptor.conf")).unwrap();
-    assert!(drop_in.contains(&format!("ExecStartPre=+{} attach --unit %n", bin.display())), "{drop_in}");
+    let drop_in = std::fs::read_to_string(
+        units.join("actions.runner.acme.runner1.service.d/interceptor.conf"),
+    )
+    .unwrap();
+    assert!(
+        drop_in.contains(&format!("ExecStartPre=+{} attach --unit %n", bin.display())),
+        "{drop_in}"
+    );
 
     // The default configuration is valid: policy check works against it.
     let out = Command::new(&bin)
         .arg("--config")
         .arg(etc.join("interceptor.toml"))
-        .args(["policy", "check", "--protocol", "postgres", "--sql", "DROP DATABASE prod"])
+        .args([
+            "policy",
+            "check",
+            "--protocol",
+            "postgres",
+            "--sql",
+            "DROP DATABASE prod",
+        ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(3), "default policy should deny DROP: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "default policy should deny DROP: {}",
+        text(&out)
+    );
 
     // A second install keeps the operator's configuration.
     std::fs::write(etc.join("policy.toml"), "# mine\n").unwrap();
     let out = install();
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("kept existing"));
-    assert_eq!(std::fs::read_to_string(etc.join("policy.toml")).unwrap(), "# mine\n");
+    assert_eq!(
+        std::fs::read_to_string(etc.join("policy.toml")).unwrap(),
+        "# mine\n"
+    );
 }

@@ -214,7 +214,11 @@ async fn handle(
     let mut workload = resolved.workload;
     workload.identity = shared
         .enrollments
-        .lookup(&shared.cgroup, &workload.cgroup, identity::enroll::now_unix())
+        .lookup(
+            &shared.cgroup,
+            &workload.cgroup,
+            identity::enroll::now_unix(),
+        )
         .map(|e| e.identity);
     let id = shared.recorder.next_session_id();
     let span = info_span!("session", session = id, protocol = %protocol, cgroup = %workload.cgroup, peer = %peer);
