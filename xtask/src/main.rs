@@ -4,6 +4,7 @@
 //! running a command twice costs a few `dpkg-query` calls the second time.
 
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "RUST_TEST_THREADS",
             std::env::var("RUST_TEST_THREADS").unwrap_or_else(|_| "4".into()),
         ))?;
+    if extra.is_empty() {
+        fuzz::smoke(root, fuzz::SMOKE_SECS)?;
+    }
     Ok(())
 }
 

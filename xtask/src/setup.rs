@@ -40,7 +40,30 @@ pub fn run(with_test_deps: bool) -> Result<()> {
     apt_install(&wanted)?;
     rust_toolchain()?;
     bpf_linker()?;
+    if with_test_deps {
+        cargo_fuzz()?;
+        python_packages()?;
+    }
     Ok(())
+}
+
+/// The fuzz smoke pass of `cargo xtask test` needs cargo-fuzz.
+fn cargo_fuzz() -> Result<()> {
+    if quiet_ok(Command::new("cargo").args(["fuzz", "--version"])) {
+        return Ok(());
+    }
+    sh(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// A real MySQL client library with server-side prepared statements, for
+/// the MySQL end-to-end tests (pinned, like `tests/src/mariadb.rs` expects).
+pub const MYSQL_CONNECTOR: &str = "mysql-connector-python==9.1.0";
+
+fn python_packages() -> Result<()> {
+    if quiet_ok(Command::new("python3").args(["-c", "import mysql.connector"])) {
+        return Ok(());
+    }
+    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", MYSQL_CONNECTOR]))
 }
 
 fn installed(pkg: &str) -> bool {
