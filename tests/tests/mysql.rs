@@ -467,10 +467,15 @@ import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 s.recv(4096)
 s.sendall(b"\x05\x00\x00\x07hello")
-print(repr(s.recv(4096)))
+reply = b""
+while chunk := s.recv(4096):
+    reply += chunk
+print(repr(reply))
 "#;
     let out = python(Some(&cg), raw, &[&db.port.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
+    // It is told why, in an ERR packet, before the connection closes.
+    assert!(stdout(&out).contains("out of order"), "{}", text(&out));
     let s = d.wait_session(|s| {
         s["end_reason"]
             .as_str()

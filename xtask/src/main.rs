@@ -106,7 +106,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(cargo(root).args(["build", "--workspace", "--bins"]))?;
     let bin = target_dir(root).join("debug/interceptor");
     run(cargo(root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(extra)
         .env("INTERCEPTOR_BIN", &bin)
         // The end-to-end tests each start servers and a daemon; two cores

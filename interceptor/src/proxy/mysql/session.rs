@@ -163,10 +163,22 @@ async fn handshake(
         .map_err(MysqlError::io(Side::Client))?;
 
     // The client answers, perhaps first with an SSLRequest.
-    if read_message(&mut client, Side::Client, &mut cseq, max, &mut buf).await? == Read::Eof {
-        return Ok(Err(
-            "client closed the connection during the handshake".into()
-        ));
+    match read_message(&mut client, Side::Client, &mut cseq, max, &mut buf).await {
+        Ok(Read::Eof) => {
+            return Ok(Err(
+                "client closed the connection during the handshake".into()
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // Tell the client why, and close without a reset (its unread
+            // bytes would otherwise make the kernel discard our answer).
+            if !matches!(e, MysqlError::Io { .. }) {
+                let _ = refuse_raw(&mut client, &format!("interceptor: {e}")).await;
+                close_draining(&mut client).await;
+            }
+            return Err(e);
+        }
     }
     let client_tls = codec::is_ssl_request(&buf);
     let mut client = if client_tls {
@@ -262,6 +274,24 @@ async fn refuse_raw(client: &mut TcpStream, message: &str) -> std::io::Result<()
     )
     .await
     .map(|_| ())
+}
+
+/// Half-closes a raw client socket and reads what it still sends (bounded
+/// in time and size), so that closing it sends a FIN, not a reset.
+async fn close_draining(client: &mut TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = client.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut left = 1usize << 20;
+    let drain = async {
+        while left > 0 {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 /// Relays an authentication exchange until the server's OK (`None`) or ERR.
