@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use store::StoreError;
 pub use writer::MAX_BATCH;
@@ -201,10 +201,10 @@ pub struct RecorderStatsSnapshot {
     pub failures: u64,
 }
 
-/// Handle to the writer thread; cheap to clone.
+/// Handle to the recorder; cheap to clone.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Job>,
+    core: Arc<writer::Core>,
     next_session: Arc<AtomicI64>,
     stats: Arc<RecorderStats>,
 }
@@ -221,10 +221,16 @@ impl Recorder {
         store::expire_orphan_approvals(&conn, &now_rfc3339())?;
         let max = store::max_session_id(&conn)?;
         let stats = Arc::new(RecorderStats::default());
-        let (tx, handle) = writer::spawn(conn, stats.clone());
+        let checkpoint = store::open_checkpointer(path)
+            .map_err(|e| tracing::warn!(error = %e, "no checkpointer; the writer checkpoints"))
+            .ok();
+        // With `sync = "full"` a commit waits for the disk: that runs on the
+        // writer thread, never on a task of the async runtime.
+        let inline = sync == crate::config::SyncMode::Normal;
+        let (core, handle) = writer::spawn(conn, checkpoint, inline, stats.clone());
         Ok((
             Recorder {
-                tx,
+                core,
                 next_session: Arc::new(AtomicI64::new(max + 1)),
                 stats,
             },
@@ -236,39 +242,32 @@ impl Recorder {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues `op` and waits until it is committed to disk.
+    /// Records `op` and waits until it is committed to disk.
     pub async fn commit(&self, op: WriteOp) -> Result<(), RecordError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job { op, ack: Some(ack) })
-            .await
-            .map_err(|_| RecordError::Stopped)?;
-        done.await.map_err(|_| RecordError::Stopped)?
+        self.commit_all(vec![op]).await
     }
 
-    /// Queues several operations and waits until all are committed.
+    /// Records several operations (in one transaction when the recorder is
+    /// idle) and waits until all are committed.
     pub async fn commit_all(&self, ops: Vec<WriteOp>) -> Result<(), RecordError> {
+        let mut jobs = Vec::with_capacity(ops.len());
         let mut waits = Vec::with_capacity(ops.len());
         for op in ops {
             let (ack, done) = oneshot::channel();
-            self.tx
-                .send(Job { op, ack: Some(ack) })
-                .await
-                .map_err(|_| RecordError::Stopped)?;
+            jobs.push(Job { op, ack: Some(ack) });
             waits.push(done);
         }
+        self.core.submit(jobs, true)?;
         for w in waits {
             w.await.map_err(|_| RecordError::Stopped)??;
         }
         Ok(())
     }
 
-    /// Queues `op` without waiting for the commit (order is preserved).
+    /// Queues `op` without waiting for the commit (order is preserved): it
+    /// goes with the next commit, or within milliseconds.
     pub async fn enqueue(&self, op: WriteOp) -> Result<(), RecordError> {
-        self.tx
-            .send(Job { op, ack: None })
-            .await
-            .map_err(|_| RecordError::Stopped)
+        self.core.submit(vec![Job { op, ack: None }], false)
     }
 
     pub fn stats(&self) -> RecorderStatsSnapshot {

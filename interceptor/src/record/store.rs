@@ -196,6 +196,16 @@ pub fn open_rw(path: &Path, sync: SyncMode) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// A second read-write connection to an open database, for checkpoints.
+pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// Opens the database read-only (CLI).
 pub fn open_ro(path: &Path) -> Result<Connection, StoreError> {
     let p = path.display().to_string();

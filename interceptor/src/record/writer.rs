@@ -1,63 +1,122 @@
-//! The writer thread: group commit of queued operations.
+//! Group commit of recorded operations.
+//!
+//! Whoever finds the recorder idle commits: a statement's task, when the
+//! database is opened with `sync = "normal"` (a commit is a write to the
+//! WAL, tens of microseconds, so it runs inline on the task instead of
+//! paying two thread wake-ups), or the writer thread. Operations queued
+//! while a commit is running are taken by the next one, so concurrent
+//! sessions share transactions. Operations queued without a waiter (the
+//! outcomes of statements) ride with the next commit, or the writer thread
+//! commits them after [`LINGER`].
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
-use tokio::sync::mpsc;
 
 use super::{Job, RecordError, RecorderStats, WriteOp};
 
 /// Most operations applied in one transaction.
 pub const MAX_BATCH: usize = 4096;
-/// Queue capacity; beyond it senders wait.
-const QUEUE: usize = 65_536;
+/// How long an operation nobody waits for may wait for a commit to join.
+const LINGER: Duration = Duration::from_millis(10);
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
-/// Joins the writer thread on shutdown, after every sender is gone.
-pub struct WriterHandle {
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WriterHandle {
-    /// Waits for the writer to drain its queue and exit. Call after the last
-    /// `Recorder` clone has been dropped.
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-pub(crate) fn spawn(
-    conn: Connection,
+/// The queue and the connection, shared by the recorder handles and the
+/// writer thread.
+pub(crate) struct Core {
+    state: Mutex<State>,
+    /// Wakes the writer thread.
+    wake: Condvar,
+    conn: Mutex<Connection>,
+    /// Commit on the caller's task when the recorder is idle.
+    inline: bool,
     stats: Arc<RecorderStats>,
-) -> (mpsc::Sender<Job>, WriterHandle) {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let thread = std::thread::Builder::new()
-        .name("recorder".into())
-        .spawn(move || run(conn, rx, stats))
-        .ok();
-    (tx, WriterHandle { thread })
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<RecorderStats>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(256);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+#[derive(Default)]
+struct State {
+    queue: Vec<Job>,
+    /// When the oldest queued operation was queued.
+    since: Option<Instant>,
+    /// A commit is running.
+    busy: bool,
+    closing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Core {
+    /// Queues operations; commits them (and whatever else is queued) on
+    /// this thread if `commit_here`, someone waits for them and the
+    /// recorder is idle. Fails once the recorder is closed.
+    pub(crate) fn submit(&self, jobs: Vec<Job>, commit_here: bool) -> Result<(), RecordError> {
+        let mut st = lock(&self.state);
+        if st.closing {
+            return Err(RecordError::Stopped);
+        }
+        if st.queue.is_empty() {
+            st.since = Some(Instant::now());
+        }
+        let waited = jobs.iter().any(|j| j.ack.is_some());
+        st.queue.extend(jobs);
+        if st.busy {
+            // The running commit takes the queue when it is done.
+            return Ok(());
+        }
+        if commit_here && self.inline && waited {
+            st.busy = true;
+            self.drain(st);
+        } else {
+            drop(st);
+            // The writer thread commits: now if someone waits, otherwise
+            // after LINGER unless a commit takes the queue first.
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Commits the queue until it is empty; called with `busy` set.
+    fn drain<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        let mut conn = lock(&self.conn);
+        loop {
+            let n = st.queue.len().min(MAX_BATCH);
+            let batch: Vec<Job> = st.queue.drain(..n).collect();
+            st.since = if st.queue.is_empty() {
+                None
+            } else {
+                Some(Instant::now())
+            };
+            drop(st);
+            self.commit_batch(&mut conn, batch);
+            st = lock(&self.state);
+            if st.queue.is_empty() {
+                break;
             }
         }
-        let result = apply(&mut conn, &batch).map_err(|e| RecordError::Write(e.to_string()));
-        stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        st.busy = false;
+        drop(st);
+        drop(conn);
+        // The writer may be waiting for the queue to become free.
+        self.wake.notify_one();
+    }
+
+    fn commit_batch(&self, conn: &mut Connection, mut batch: Vec<Job>) {
+        let result = apply(conn, &batch).map_err(|e| RecordError::Write(e.to_string()));
+        self.stats
+            .ops
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         match &result {
             Ok(()) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, ops = batch.len(), "recording batch failed");
             }
         }
@@ -65,6 +124,120 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, stats: Arc<RecorderSta
             if let Some(ack) = job.ack {
                 let _ = ack.send(result.clone());
             }
+        }
+    }
+
+    /// The writer thread: commits what is queued and nobody else commits,
+    /// until closed and drained.
+    fn run(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            if st.busy || st.queue.is_empty() {
+                if st.closing && !st.busy {
+                    return;
+                }
+                st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let waited = st.queue.iter().any(|j| j.ack.is_some());
+            let age = st.since.map(|t| t.elapsed()).unwrap_or(LINGER);
+            if !waited && !st.closing && age < LINGER && st.queue.len() < MAX_BATCH {
+                st = self
+                    .wake
+                    .wait_timeout(st, LINGER - age)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            st.busy = true;
+            self.drain(st);
+            st = lock(&self.state);
+        }
+    }
+
+    /// Stops accepting operations; the writer drains the queue and exits.
+    fn close(&self) {
+        lock(&self.state).closing = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Joins the writer thread on shutdown.
+pub struct WriterHandle {
+    core: Arc<Core>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<(std_mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl WriterHandle {
+    /// Commits what is queued and stops the writer. Call after the last
+    /// `Recorder` clone has been dropped (later operations are refused).
+    pub fn join(mut self) {
+        self.core.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = self.checkpointer.take() {
+            drop(stop);
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the writer on `conn` and, when `checkpoint` is given (a second
+/// connection to the same database), a checkpointer thread on it.
+///
+/// The writer runs with automatic checkpoints off: a checkpoint syncs the
+/// database file, and doing that inside a commit would put a disk flush on
+/// the path of whichever statement happened to cross the threshold. The
+/// checkpointer copies committed WAL frames into the database every
+/// half-second instead, off the statement path; recovery after a crash
+/// replays the WAL as usual, so nothing committed is lost either way.
+pub(crate) fn spawn(
+    conn: Connection,
+    checkpoint: Option<Connection>,
+    inline: bool,
+    stats: Arc<RecorderStats>,
+) -> (Arc<Core>, WriterHandle) {
+    let checkpointer = checkpoint.and_then(|c| {
+        if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", 0) {
+            tracing::warn!(error = %e, "cannot turn automatic checkpoints off");
+            return None;
+        }
+        let (stop, stopped) = std_mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || checkpoints(c, stopped))
+            .ok()?;
+        Some((stop, t))
+    });
+    let core = Arc::new(Core {
+        state: Mutex::new(State::default()),
+        wake: Condvar::new(),
+        conn: Mutex::new(conn),
+        inline,
+        stats,
+    });
+    let c = core.clone();
+    let thread = std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || c.run())
+        .ok();
+    (
+        core.clone(),
+        WriterHandle {
+            core,
+            thread,
+            checkpointer,
+        },
+    )
+}
+
+/// Passive checkpoints until told to stop (the sender is dropped).
+fn checkpoints(conn: Connection, stop: std_mpsc::Receiver<()>) {
+    while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint failed");
         }
     }
 }
@@ -347,29 +520,57 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ic-batch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let conn = store::open_rw(&dir.join("x.db"), SyncMode::Normal).unwrap();
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let stats = std::sync::Arc::new(RecorderStats::default());
+        let (core, handle) = super::spawn(conn, None, true, stats.clone());
+        // Queued while a commit runs: the next commit takes them all.
+        core.state.lock().unwrap().busy = true;
         let mut acks = Vec::new();
         for id in 1..=100 {
             let (ack, done) = tokio::sync::oneshot::channel();
             acks.push(done);
-            tx.try_send(Job {
-                op: WriteOp::Attach {
-                    cgroup_id: id,
-                    cgroup_path: format!("/c{id}"),
-                    at: now_rfc3339(),
-                    by_uid: None,
-                },
-                ack: Some(ack),
-            })
-            .unwrap();
+            let op = WriteOp::Attach {
+                cgroup_id: id,
+                cgroup_path: format!("/c{id}"),
+                at: now_rfc3339(),
+                by_uid: None,
+            };
+            core.submit(vec![Job { op, ack: Some(ack) }], true).unwrap();
         }
-        drop(tx);
-        let stats = std::sync::Arc::new(RecorderStats::default());
-        super::run(conn, rx, stats.clone());
+        let st = core.state.lock().unwrap();
+        core.drain(st);
         assert_eq!(stats.commits.load(std::sync::atomic::Ordering::Relaxed), 1);
         for a in acks {
             assert!(a.blocking_recv().unwrap().is_ok());
         }
+        handle.join();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unwaited_operations_are_committed_by_the_writer() {
+        let dir = std::env::temp_dir().join(format!("ic-linger-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let db = dir.join("x.db");
+        let conn = store::open_rw(&db, SyncMode::Normal).unwrap();
+        let stats = std::sync::Arc::new(RecorderStats::default());
+        let (core, handle) = super::spawn(conn, None, true, stats.clone());
+        let op = WriteOp::Attach {
+            cgroup_id: 7,
+            cgroup_path: "/c7".into(),
+            at: now_rfc3339(),
+            by_uid: None,
+        };
+        core.submit(vec![Job { op, ack: None }], true).unwrap();
+        let t = std::time::Instant::now();
+        while stats.commits.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(t.elapsed() < std::time::Duration::from_secs(5));
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        handle.join();
+        assert!(matches!(
+            core.submit(Vec::new(), true),
+            Err(RecordError::Stopped)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
