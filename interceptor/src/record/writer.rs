@@ -45,6 +45,9 @@ struct State {
     /// A commit is running.
     busy: bool,
     closing: bool,
+    /// The writer thread waits without a timeout and must be woken for
+    /// new work (otherwise it looks at the queue within LINGER anyway).
+    writer_asleep: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,7 +75,7 @@ impl Core {
         if commit_here && self.inline && waited {
             st.busy = true;
             self.drain(st);
-        } else {
+        } else if waited || st.writer_asleep || st.queue.len() >= MAX_BATCH {
             drop(st);
             // The writer thread commits: now if someone waits, otherwise
             // after LINGER unless a commit takes the queue first.
@@ -99,11 +102,8 @@ impl Core {
                 break;
             }
         }
+        // The queue is empty: nothing for the writer to do.
         st.busy = false;
-        drop(st);
-        drop(conn);
-        // The writer may be waiting for the queue to become free.
-        self.wake.notify_one();
     }
 
     fn commit_batch(&self, conn: &mut Connection, mut batch: Vec<Job>) {
@@ -136,7 +136,9 @@ impl Core {
                 if st.closing && !st.busy {
                     return;
                 }
+                st.writer_asleep = true;
                 st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.writer_asleep = false;
                 continue;
             }
             let waited = st.queue.iter().any(|j| j.ack.is_some());
