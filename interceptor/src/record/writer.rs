@@ -460,11 +460,20 @@ mod tests {
     use crate::config::SyncMode;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_orders_and_acks() {
-        let dir = std::env::temp_dir().join(format!("ic-writer-{}", std::process::id()));
+    async fn group_commit_orders_and_acks_inline() {
+        group_commit_orders_and_acks(SyncMode::Normal).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_orders_and_acks_on_the_writer_thread() {
+        group_commit_orders_and_acks(SyncMode::Full).await;
+    }
+
+    async fn group_commit_orders_and_acks(sync: SyncMode) {
+        let dir = std::env::temp_dir().join(format!("ic-writer-{}-{sync:?}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let db = dir.join("x.db");
-        let (rec, handle) = Recorder::start(&db, SyncMode::Normal).unwrap();
+        let (rec, handle) = Recorder::start(&db, sync).unwrap();
         let id = rec.next_session_id();
         rec.commit(WriteOp::SessionStart(Box::new(SessionStart {
             id,
