@@ -30,9 +30,10 @@ enum Cmd {
     },
     /// Build in release mode, install, and start the interceptor with its defaults.
     Run,
-    /// Install dependencies, then run lints and the whole test suite (unit and end-to-end).
+    /// Install dependencies, then run lints, the whole test suite (unit and end-to-end)
+    /// and, without extra arguments, a fuzz smoke pass of every cargo-fuzz target.
     Test {
-        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        /// Extra arguments passed to `cargo test` (e.g. `-- --test postgres`); they skip the fuzz pass.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
