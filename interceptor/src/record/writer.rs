@@ -102,8 +102,12 @@ impl Core {
                 break;
             }
         }
-        // The queue is empty: nothing for the writer to do.
+        // The queue is empty: nothing for the writer to do, unless it is
+        // waiting for this commit to end before it exits.
         st.busy = false;
+        if st.closing {
+            self.wake.notify_all();
+        }
     }
 
     fn commit_batch(&self, conn: &mut Connection, mut batch: Vec<Job>) {
