@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use crate::servers::user_ids;
 use crate::{TestCgroup, free_port, text};
 
-/// The mysql-connector-python version the prepared-statement tests use
-/// (`cargo xtask setup` installs it; [`ensure_connector`] does if missing).
-pub const CONNECTOR_VERSION: &str = "9.1.0";
+/// The pinned Python packages (mysql-connector-python) the prepared-statement
+/// tests use: `cargo xtask setup` installs them; [`ensure_connector`] does if
+/// missing.
+pub const PYTHON_REQUIREMENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/requirements.txt");
 
 /// Serialises `mariadb-install-db` runs.
 static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -224,8 +225,7 @@ pub fn ensure_connector() {
         return;
     }
     let out = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet"])
-        .arg(format!("mysql-connector-python=={CONNECTOR_VERSION}"))
+        .args(["-m", "pip", "install", "--quiet", "-r", PYTHON_REQUIREMENTS])
         .output()
         .expect("python3 -m pip");
     assert!(

@@ -160,7 +160,7 @@ pub(crate) fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn workspace_root() -> Result<PathBuf> {
+pub(crate) fn workspace_root() -> Result<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     dir.parent()
         .map(Path::to_path_buf)

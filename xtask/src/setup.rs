@@ -55,15 +55,15 @@ fn cargo_fuzz() -> Result<()> {
     sh(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// A real MySQL client library with server-side prepared statements, for
-/// the MySQL end-to-end tests (pinned, like `tests/src/mariadb.rs` expects).
-pub const MYSQL_CONNECTOR: &str = "mysql-connector-python==9.1.0";
-
+/// The Python packages the end-to-end tests use, pinned in one place.
 fn python_packages() -> Result<()> {
     if quiet_ok(Command::new("python3").args(["-c", "import mysql.connector"])) {
         return Ok(());
     }
-    sh(Command::new("python3").args(["-m", "pip", "install", "--quiet", MYSQL_CONNECTOR]))
+    let requirements = crate::workspace_root()?.join("tests/requirements.txt");
+    sh(Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(requirements))
 }
 
 fn installed(pkg: &str) -> bool {
