@@ -25,7 +25,10 @@ pub const TARGETS: [(&str, &[&str]); 2] = [
         "interceptor",
         &["pg_frontend", "pg_backend", "mysql_packet"],
     ),
-    ("policy", &["policy_parse", "sql_classify", "mask_text"]),
+    (
+        "policy",
+        &["policy_parse", "sql_classify", "sql_split", "mask_text"],
+    ),
 ];
 
 pub fn smoke(root: &Path, secs: u32) -> Result<()> {

@@ -6,6 +6,7 @@
 //! statement text with [`ActiveMasks::mask_text`].
 
 mod detect;
+mod sql;
 
 use crate::matcher::Matcher;
 use crate::model::{Target, Workload};

@@ -1,18 +1,22 @@
 //! SQL classification: split a query string into statements and say, for
 //! each, what kind it is and which tables and functions it touches.
 //!
-//! Built on `sqlparser` (PostgreSQL and MySQL dialects). The splitter works
-//! on the dialect's tokens, so `;` inside strings, comments, quoted
-//! identifiers and dollar-quoted bodies never splits; every statement is then
-//! parsed on its own and must be consumed completely. One unparsable
-//! statement makes the whole string an error: the caller judges it as
+//! The text is first read the way the server will read it (the [`lex`]
+//! module: the server's own rules for strings, comments, quoted identifiers
+//! and statement boundaries, under the session's settings — [`Lexing`]).
+//! Each statement is then parsed by `sqlparser` (PostgreSQL and MySQL
+//! dialects) in a canonical form whose literals both readings must agree
+//! on, and must be consumed completely. One statement that cannot be read
+//! or parsed makes the whole string an error: the caller judges it as
 //! unparsed rather than letting the rest through.
 
 mod classify;
+pub mod lex;
 mod shape;
 mod split;
 
-pub use shape::shape;
+pub use lex::{Encoding, Lexing, Server};
+pub use shape::{shape, shape_with};
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -207,28 +211,116 @@ pub enum SqlError {
         /// The parser's message.
         message: String,
     },
-    /// Statement boundaries could not be located in the text.
-    #[error("cannot split the SQL text into statements")]
-    Split,
+    /// The session's bytes could not be read as text in its character set.
+    #[error("the query is not valid in the session's character set: {0}")]
+    Encoding(String),
+    /// The parser read the text differently from the server's own rules.
+    #[error("the parser and the server's lexical rules read this text differently ({0})")]
+    Mismatch(String),
 }
 
-/// Splits `sql` into statements and classifies each one.
+/// Splits `sql` into statements and classifies each one, under the
+/// dialect's default session settings ([`Lexing::default_for`]).
 ///
 /// Empty strings, whitespace and comment-only strings give `Ok(vec![])`. An
 /// error in any statement is an error for the whole string.
 pub fn classify(sql: &str, dialect: Dialect) -> Result<Vec<SqlStatement>, SqlError> {
-    let segments = split::split(sql, dialect)?;
+    classify_with(sql, &Lexing::default_for(dialect))
+}
+
+/// Decodes the query bytes in the session's character set (exactly: a
+/// sequence that is not a valid character is an error, never replaced)
+/// and classifies them as [`classify_with`] does.
+pub fn classify_bytes(sql: &[u8], lexing: &Lexing) -> Result<Vec<SqlStatement>, SqlError> {
+    let text = lex::charset::decode(sql, lexing.encoding).map_err(|e| SqlError::Encoding(e.0))?;
+    classify_with(&text, lexing)
+}
+
+/// Splits `sql` into statements as a server with these session settings
+/// does, and classifies each one.
+pub fn classify_with(sql: &str, lexing: &Lexing) -> Result<Vec<SqlStatement>, SqlError> {
+    let dialect = lexing.dialect;
+    let tokens = lex::lex(sql, lexing).map_err(|e| SqlError::Tokenize(e.to_string()))?;
+    let segments = lex::segments(&tokens, sql.len());
     let mut out = Vec::with_capacity(segments.len());
-    for (i, seg) in segments.into_iter().enumerate() {
+    for (i, seg) in segments.iter().enumerate() {
         let text = sql.get(seg.range.clone()).unwrap_or_default().trim();
+        let canonical = lex::canonical(sql, seg, dialect);
+        let parsed =
+            sqlparser::tokenizer::Tokenizer::new(split::dialect_impl(dialect), &canonical.text)
+                .tokenize_with_location()
+                .map_err(|e| SqlError::Tokenize(e.to_string()))?;
+        cross_check(&parsed, &canonical)?;
         let stmt =
-            classify::statement(seg.tokens, text, dialect).map_err(|message| SqlError::Parse {
+            classify::statement(parsed, text, dialect).map_err(|message| SqlError::Parse {
                 index: i + 1,
                 message,
             })?;
         out.push(stmt);
     }
     Ok(out)
+}
+
+/// The literals sqlparser found in the canonical text must be exactly the
+/// ones the server-faithful lexer found, in order, and it must find no
+/// comment and no statement delimiter.
+fn cross_check(
+    parsed: &[sqlparser::tokenizer::TokenWithSpan],
+    canonical: &lex::Canonical,
+) -> Result<(), SqlError> {
+    use sqlparser::tokenizer::{Token, Whitespace};
+    let mut strings = Vec::new();
+    let mut idents = Vec::new();
+    for t in parsed {
+        match &t.token {
+            Token::SingleQuotedString(s)
+            | Token::NationalStringLiteral(s)
+            | Token::HexStringLiteral(s)
+            | Token::SingleQuotedByteStringLiteral(s) => strings.push(s.as_str()),
+            Token::Word(w) if w.quote_style.is_some() => idents.push(w.value.as_str()),
+            Token::Whitespace(
+                Whitespace::SingleLineComment { .. } | Whitespace::MultiLineComment(_),
+            ) => {
+                return Err(SqlError::Mismatch(
+                    "a comment the server does not see".into(),
+                ));
+            }
+            Token::SemiColon => {
+                return Err(SqlError::Mismatch(
+                    "a statement delimiter inside a statement".into(),
+                ));
+            }
+            Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::CopyData { .. } => {
+                return Err(SqlError::Mismatch(format!(
+                    "an unexpected literal {}",
+                    t.token
+                )));
+            }
+            _ => {}
+        }
+    }
+    if strings != canonical.strings {
+        return Err(SqlError::Mismatch("string literals differ".into()));
+    }
+    if idents != canonical.idents {
+        return Err(SqlError::Mismatch("quoted identifiers differ".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
