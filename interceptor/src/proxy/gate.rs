@@ -11,9 +11,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use policy::{
-    ActiveMasks, Decision, Dialect, Operation, SqlError, SqlStatement, Target, Verdict, Workload,
-};
+use policy::sql::Lexing;
+use policy::{ActiveMasks, Decision, Operation, SqlError, SqlStatement, Target, Verdict, Workload};
 use tracing::{info, warn};
 
 use crate::approval::{ApprovalRequest, Resolution};
@@ -33,6 +32,20 @@ pub struct Op<'a> {
     pub shape: Option<String>,
     /// Extra protocol detail for the record (JSON).
     pub detail: Option<serde_json::Value>,
+    /// For SQL: how the session's server reads the text. The record masks
+    /// its literals one by one (a detector never spans SQL structure), and
+    /// approval shapes are computed under it.
+    pub lexing: Option<Lexing>,
+}
+
+impl Op<'_> {
+    /// The text as recorded: detectors applied (to each literal, for SQL).
+    fn masked_text(&self, masks: &ActiveMasks) -> String {
+        match &self.lexing {
+            Some(l) => masks.mask_sql(self.text, l).into_owned(),
+            None => masks.mask_text(self.text).into_owned(),
+        }
+    }
 }
 
 /// The verdict on a batch of ops.
@@ -95,13 +108,10 @@ impl Gate {
         s
     }
 
-    /// Classifies SQL through the shared cache.
-    pub fn classify(
-        &self,
-        text: &str,
-        dialect: Dialect,
-    ) -> Arc<Result<Vec<SqlStatement>, SqlError>> {
-        self.shared.sql_cache.classify(text, dialect)
+    /// Classifies SQL query bytes, as a server with these session
+    /// settings reads them, through the shared cache.
+    pub fn classify(&self, sql: &[u8], lexing: &Lexing) -> Classified {
+        self.shared.sql_cache.classify(sql, lexing)
     }
 
     /// Decides, holds for approval if needed, and records the batch. The
@@ -132,10 +142,7 @@ impl Gate {
             });
         };
         let deciding = decisions[worst].clone();
-        let texts: Vec<String> = ops
-            .iter()
-            .map(|op| self.masks.mask_text(op.text).into_owned())
-            .collect();
+        let texts: Vec<String> = ops.iter().map(|op| op.masked_text(&self.masks)).collect();
 
         match deciding.verdict {
             Verdict::Allow => {
@@ -178,11 +185,25 @@ impl Gate {
     ) -> Result<Judgement, RecordError> {
         let shared = self.shared.clone();
         let approvals = &shared.approvals;
+        // Shapes only for what is held; under the session's lexing.
+        let shapes: Vec<Option<String>> = ops
+            .iter()
+            .zip(&decisions)
+            .map(|(op, d)| {
+                if d.verdict != Verdict::Review {
+                    return None;
+                }
+                op.shape.clone().or_else(|| {
+                    op.lexing
+                        .as_ref()
+                        .map(|l| policy::sql::shape_with(op.text, l))
+                })
+            })
+            .collect();
         // Shapes granted earlier in this session pass without asking again.
-        let all_granted = ops.iter().zip(&decisions).all(|(op, d)| {
+        let all_granted = shapes.iter().zip(&decisions).all(|(shape, d)| {
             d.verdict != Verdict::Review
-                || op
-                    .shape
+                || shape
                     .as_deref()
                     .is_some_and(|s| approvals.granted(self.session_id, s))
         });
@@ -260,7 +281,7 @@ impl Gate {
             run_id: ident.run_id,
             actor: ident.actor,
         };
-        let shape = ops.get(worst).and_then(|o| o.shape.clone());
+        let shape = shapes.get(worst).cloned().flatten();
         self.record(ops, &seqs, &texts, &decisions, Some(id))
             .await?;
         shared
@@ -412,7 +433,7 @@ impl Gate {
         decision: &Decision,
     ) -> Result<i64, RecordError> {
         let seq = self.take_seq();
-        let text = self.masks.mask_text(op.text).into_owned();
+        let text = op.masked_text(&self.masks);
         self.record(
             std::slice::from_ref(op),
             &[seq],
@@ -537,14 +558,16 @@ pub fn humanize(d: std::time::Duration) -> String {
     out.join(" ")
 }
 
-/// Classification cache keyed by the exact SQL text (prepared statements and
-/// repeated queries hit it; the parser runs once per distinct text).
 /// A cached classification result.
 pub type Classified = Arc<Result<Vec<SqlStatement>, SqlError>>;
 
+/// Classification cache keyed by the exact query bytes and the session
+/// settings they are read under (prepared statements and repeated queries
+/// hit it; the parser runs once per distinct text). Text that reads the
+/// same under every setting is keyed under the dialect's defaults.
 #[derive(Default)]
 pub struct SqlCache {
-    map: Mutex<HashMap<(u8, String), Classified>>,
+    map: Mutex<HashMap<(Lexing, Vec<u8>), Classified>>,
 }
 
 /// Most distinct texts kept; the cache is cleared when full.
@@ -553,25 +576,22 @@ const SQL_CACHE_ENTRIES: usize = 8192;
 const SQL_CACHE_MAX_TEXT: usize = 4096;
 
 impl SqlCache {
-    pub fn classify(
-        &self,
-        text: &str,
-        dialect: Dialect,
-    ) -> Arc<Result<Vec<SqlStatement>, SqlError>> {
-        let d = match dialect {
-            Dialect::Postgres => 0u8,
-            Dialect::Mysql => 1u8,
+    pub fn classify(&self, sql: &[u8], lexing: &Lexing) -> Classified {
+        let lexing = if Lexing::insensitive(sql, lexing.dialect) {
+            Lexing::default_for(lexing.dialect)
+        } else {
+            *lexing
         };
-        if text.len() > SQL_CACHE_MAX_TEXT {
-            return Arc::new(policy::sql::classify(text, dialect));
+        if sql.len() > SQL_CACHE_MAX_TEXT {
+            return Arc::new(policy::sql::classify_bytes(sql, &lexing));
         }
-        let key = (d, text.to_string());
+        let key = (lexing, sql.to_vec());
         if let Ok(m) = self.map.lock()
             && let Some(v) = m.get(&key)
         {
             return v.clone();
         }
-        let v = Arc::new(policy::sql::classify(text, dialect));
+        let v = Arc::new(policy::sql::classify_bytes(sql, &lexing));
         if let Ok(mut m) = self.map.lock() {
             if m.len() >= SQL_CACHE_ENTRIES {
                 m.clear();
@@ -596,9 +616,25 @@ mod tests {
     #[test]
     fn cache_returns_the_same_classification() {
         let c = SqlCache::default();
-        let a = c.classify("SELECT 1", Dialect::Postgres);
-        let b = c.classify("SELECT 1", Dialect::Postgres);
+        let pg = Lexing::postgres();
+        let a = c.classify(b"SELECT 1", &pg);
+        let b = c.classify(b"SELECT 1", &pg);
         assert!(Arc::ptr_eq(&a, &b));
-        assert!(c.classify("SELEC 1", Dialect::Postgres).is_err());
+        assert!(c.classify(b"SELEC 1", &pg).is_err());
+        // Settings matter only to text they can change.
+        let off = Lexing {
+            backslash_escapes: true,
+            ..pg
+        };
+        assert!(Arc::ptr_eq(&a, &c.classify(b"SELECT 1", &off)));
+        let attack = b"SELECT 'a\\' -- '; DELETE FROM users; --";
+        assert_eq!(
+            c.classify(attack, &pg).as_ref().as_ref().map(Vec::len),
+            Ok(1)
+        );
+        assert_eq!(
+            c.classify(attack, &off).as_ref().as_ref().map(Vec::len),
+            Ok(2)
+        );
     }
 }

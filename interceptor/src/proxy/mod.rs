@@ -333,6 +333,7 @@ async fn run_session(
             label: None,
             shape: Some(format!("connect {dst}")),
             detail: None,
+            lexing: None,
         };
         let judged = match gate.judge(&[op]).await {
             Ok(j) => j,

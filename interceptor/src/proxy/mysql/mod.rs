@@ -5,10 +5,12 @@
 //!
 //! Shape (as every protocol module): [`codec`] (framing and messages, pure),
 //! [`stream`] (buffered framed I/O per leg), [`session`] (handshake and
-//! command loop), [`upstream`] (TLS on either leg), [`error`].
+//! command loop), [`lexing`] (following how the server reads the session's
+//! queries), [`upstream`] (TLS on either leg), [`error`].
 
 pub mod codec;
 pub mod error;
+pub mod lexing;
 pub mod session;
 pub mod stream;
 pub mod upstream;

@@ -3,12 +3,13 @@
 //! judges every statement before it goes upstream and streams the answers
 //! back row by row, masking values where the policy says so.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use policy::{ActiveMasks, Decision, Dialect, Operation, SqlError, SqlStatement, StatementKind};
+use policy::sql::Lexing;
+use policy::sql::lex::charset;
+use policy::{ActiveMasks, Decision, Operation, SqlError, SqlStatement, StatementKind};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -17,6 +18,7 @@ use super::codec::{
     self, ColumnPlan, ErrPacket, ParamValue, caps, com, errcode, is_terminator, status,
 };
 use super::error::{CodecError, MysqlError, Side};
+use super::lexing::{self, SessionLexing};
 use super::stream::{Leg, Read, Stream, read_message, write_message};
 use super::upstream;
 use crate::proxy::SessionCtx;
@@ -32,6 +34,8 @@ const MAX_COLUMNS: u64 = 65_535;
 /// A prepared statement the server holds for this session.
 struct Prepared {
     sql: Arc<str>,
+    /// The settings the server read it under.
+    lexing: Lexing,
     classified: Classified,
     /// The decision taken when it was prepared (an allow, possibly after
     /// an approval): every execution runs under it.
@@ -67,6 +71,7 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
             database: h.database,
             stmts: HashMap::new(),
             last_stmt: None,
+            lex: SessionLexing::new(&h.server_version),
             buf: h.buf,
             out: Vec::new(),
             cmd: Vec::with_capacity(1024),
@@ -88,6 +93,7 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
 struct Handshaken {
     client: Leg<Stream>,
     server: Leg<Stream>,
+    server_version: String,
     caps: u32,
     user: Option<String>,
     database: Option<String>,
@@ -257,6 +263,7 @@ async fn handshake(
     Ok(Ok(Handshaken {
         client,
         server,
+        server_version: greeting.server_version.clone(),
         caps: negotiated,
         user: Some(resp.user),
         database: resp.database,
@@ -393,6 +400,8 @@ pub(super) struct Session {
     database: Option<String>,
     stmts: HashMap<u32, Prepared>,
     last_stmt: Option<u32>,
+    /// How the server reads this session's queries.
+    lex: SessionLexing,
     /// Server messages.
     buf: Vec<u8>,
     /// Rewritten rows.
@@ -464,6 +473,8 @@ impl Session {
                     self.stmts.clear();
                     self.last_stmt = None;
                 }
+                // The session's variables are back to the server's.
+                self.lex.changed();
             }
             com::CHANGE_USER => self.change_user(msg).await?,
             com::STMT_PREPARE => self.prepare(msg).await?,
@@ -580,12 +591,58 @@ impl Session {
 
     // -- text protocol -----------------------------------------------------
 
+    /// Reads query bytes as the server will (asking it for its settings
+    /// first when they may have changed and the text depends on them) and
+    /// classifies them. Returns the text, its classification and the
+    /// settings it was read under.
+    async fn classify_sql(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<(String, Classified, Lexing), MysqlError> {
+        if self.lex.must_read(sql) {
+            match lexing::read_settings(&mut self.server, &mut self.buf, self.deprecate_eof).await?
+            {
+                Ok((mode, charset)) => self.lex.apply(&mode, &charset),
+                Err(why) => self.lex.unreadable(why),
+            }
+        }
+        let l = self.lex.lexing;
+        let text = charset::decode(sql, l.encoding)
+            .map(|t| t.into_owned())
+            .unwrap_or_else(|_| charset::lossy_escaped(sql));
+        let classified = match &self.lex.unfollowable {
+            Some(why) => Arc::new(Err(SqlError::Mismatch(why.clone()))),
+            None => {
+                let c = self.gate.classify(sql, &l);
+                match c
+                    .as_ref()
+                    .as_ref()
+                    .ok()
+                    .and_then(|s| lexing::batch_unfollowable(s))
+                {
+                    Some(why) => Arc::new(Err(SqlError::Mismatch(why))),
+                    None => c,
+                }
+            }
+        };
+        Ok((text, classified, l))
+    }
+
+    /// Notes, after a command ran, that it may have changed the settings.
+    fn ran(&mut self, classified: &Result<Vec<SqlStatement>, SqlError>) {
+        let may = match classified {
+            Ok(stmts) => stmts.iter().any(lexing::may_change_settings),
+            Err(_) => true,
+        };
+        if may {
+            self.lex.changed();
+        }
+    }
+
     async fn query(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
-        let sql = String::from_utf8_lossy(&msg[1..]);
-        let exposed = expose_versioned_comments(&sql);
-        let classified = self.gate.classify(&exposed, Dialect::Mysql);
+        let (text, classified, l) = self.classify_sql(&msg[1..]).await?;
         let err = error_text(&classified);
-        let ops = statement_ops(&exposed, &classified, &err, "statement", None);
+        let ops = statement_ops(&text, &classified, &err, "statement", None, l);
         let j = self.judge(&ops).await?;
         if !j.allowed {
             return self.deny(&j).await;
@@ -593,6 +650,7 @@ impl Session {
         let use_db = single_use(&classified);
         self.forward(msg).await?;
         let ok = self.results(&j.seqs, false, None).await?;
+        self.ran(&classified);
         if ok && let Some(db) = use_db {
             self.database = Some(db);
             self.gate
@@ -602,10 +660,20 @@ impl Session {
         Ok(())
     }
 
+    /// Settings for SQL text the proxy writes itself (identifiers quoted
+    /// with backticks, UTF-8).
+    fn own_lexing(&self) -> Lexing {
+        Lexing {
+            server: self.lex.lexing.server,
+            ..Lexing::mysql()
+        }
+    }
+
     async fn init_db(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
         let db = String::from_utf8_lossy(&msg[1..]).into_owned();
         let text = format!("USE {}", codec::quote_ident(&db));
-        let classified = self.gate.classify(&text, Dialect::Mysql);
+        let own = self.own_lexing();
+        let classified = self.gate.classify(text.as_bytes(), &own);
         let err = error_text(&classified);
         let ops = statement_ops(
             &text,
@@ -613,6 +681,7 @@ impl Session {
             &err,
             "statement",
             Some(json!({"command": "COM_INIT_DB"})),
+            own,
         );
         let j = self.judge(&ops).await?;
         if !j.allowed {
@@ -635,7 +704,8 @@ impl Session {
             "SHOW COLUMNS FROM {}",
             codec::quote_ident(&String::from_utf8_lossy(table))
         );
-        let classified = self.gate.classify(&text, Dialect::Mysql);
+        let own = self.own_lexing();
+        let classified = self.gate.classify(text.as_bytes(), &own);
         let err = error_text(&classified);
         let ops = statement_ops(
             &text,
@@ -643,6 +713,7 @@ impl Session {
             &err,
             "statement",
             Some(json!({"command": "COM_FIELD_LIST"})),
+            own,
         );
         let j = self.judge(&ops).await?;
         if !j.allowed {
@@ -689,9 +760,10 @@ impl Session {
         let ok = error.is_none();
         if let Some(seq) = seq {
             let rows = if self.buf.first() == Some(&0) {
-                codec::parse_ok(&self.buf)
-                    .ok()
-                    .map(|o| o.affected_rows as i64)
+                codec::parse_ok(&self.buf).ok().map(|o| {
+                    self.lex.status(o.status);
+                    o.affected_rows as i64
+                })
             } else {
                 None
             };
@@ -728,6 +800,7 @@ impl Session {
                 Some(0x00) => {
                     let p = codec::parse_ok(&self.buf).map_err(MysqlError::codec(Side::Server))?;
                     self.client.write(&self.buf).await?;
+                    self.lex.status(p.status);
                     let more = p.status & status::MORE_RESULTS_EXISTS != 0;
                     outcomes
                         .done(&self.gate, Some(p.affected_rows as i64), None, more)
@@ -750,6 +823,9 @@ impl Session {
                 }
                 Some(_) => {
                     let end = self.result_set(binary, masks.as_ref(), stmt).await?;
+                    if end.error.is_none() {
+                        self.lex.status(end.status);
+                    }
                     let more = end.error.is_none() && end.status & status::MORE_RESULTS_EXISTS != 0;
                     let failed = end.error.is_some();
                     outcomes
@@ -895,11 +971,10 @@ impl Session {
     // -- prepared statements -------------------------------------------------
 
     async fn prepare(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
-        let sql: Arc<str> = Arc::from(String::from_utf8_lossy(&msg[1..]).as_ref());
-        let exposed = expose_versioned_comments(&sql);
-        let classified = self.gate.classify(&exposed, Dialect::Mysql);
+        let (text, classified, l) = self.classify_sql(&msg[1..]).await?;
+        let sql: Arc<str> = Arc::from(text);
         let err = error_text(&classified);
-        let ops = statement_ops(&exposed, &classified, &err, "prepare", None);
+        let ops = statement_ops(&sql, &classified, &err, "prepare", None, l);
         // Judged (and, for `review`, held) once here; each execution is
         // recorded with this decision and its bound values.
         let j = self.judge(&ops).await?;
@@ -965,6 +1040,7 @@ impl Session {
             ok.statement_id,
             Prepared {
                 sql,
+                lexing: l,
                 classified,
                 decision: j.decision,
                 params,
@@ -994,17 +1070,18 @@ impl Session {
             .map(|(p, l)| param_json(p, *l, &masks))
             .collect();
         let sql = st.sql.clone();
+        let l = st.lexing;
         let classified = st.classified.clone();
-        let exposed = expose_versioned_comments(&sql);
         let err = error_text(&classified);
         let detail = json!({"statement_id": id, "params": params});
         let decision = st.decision.clone();
-        let ops = statement_ops(&exposed, &classified, &err, "execute", Some(detail));
+        let ops = statement_ops(&sql, &classified, &err, "execute", Some(detail), l);
         let Some(seqs) = self.record_execution(&ops, &decision).await? else {
             return Ok(());
         };
         self.forward(msg).await?;
         self.results(&seqs, true, Some(id)).await?;
+        self.ran(&classified);
         Ok(())
     }
 
@@ -1093,6 +1170,7 @@ impl Session {
             detail: Some(
                 json!({"command": "COM_CHANGE_USER", "user": cu.user, "database": cu.database}),
             ),
+            lexing: None,
         };
         let j = self.judge(&[op]).await;
         self.gate.target = old;
@@ -1103,9 +1181,11 @@ impl Session {
                 .await;
         }
         self.forward(msg).await?;
-        // The server deallocates prepared statements either way.
+        // The server deallocates prepared statements either way, and the
+        // session's variables start again from the server's.
         self.stmts.clear();
         self.last_stmt = None;
+        self.lex.changed();
         match auth_exchange(&mut self.client, &mut self.server, &mut self.buf).await? {
             None => {
                 self.user = Some(cu.user);
@@ -1171,6 +1251,7 @@ fn statement_ops<'a>(
     err: &'a str,
     kind: &'static str,
     detail: Option<Value>,
+    lexing: Lexing,
 ) -> Vec<Op<'a>> {
     match classified {
         Ok(stmts) => stmts
@@ -1180,8 +1261,9 @@ fn statement_ops<'a>(
                 kind,
                 text: &s.text,
                 label: Some(s.kind().to_string()),
-                shape: Some(policy::sql::shape(&s.text, Dialect::Mysql)),
+                shape: None,
                 detail: detail.clone(),
+                lexing: Some(lexing),
             })
             .collect(),
         Err(_) => vec![Op {
@@ -1189,8 +1271,9 @@ fn statement_ops<'a>(
             kind,
             text,
             label: None,
-            shape: Some(policy::sql::shape(text, Dialect::Mysql)),
+            shape: None,
             detail,
+            lexing: Some(lexing),
         }],
     }
 }
@@ -1242,96 +1325,6 @@ fn param_json(p: &ParamValue, long: Option<u64>, masks: &ActiveMasks) -> Value {
         ParamValue::Temporal(s) => Value::String(s.clone()),
         ParamValue::LongData => Value::String(format!("<long data: {} bytes>", long.unwrap_or(0))),
     }
-}
-
-/// MySQL runs the text of `/*! ... */` (and MariaDB of `/*M! ... */`)
-/// comments as SQL. For classification their markers are removed so the
-/// content is judged as what it is.
-pub fn expose_versioned_comments(sql: &str) -> Cow<'_, str> {
-    if !sql.contains("/*!") && !sql.contains("/*M!") {
-        return Cow::Borrowed(sql);
-    }
-    let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    let mut copied = 0;
-    let mut in_versioned = false;
-    while i < b.len() {
-        match b[i] {
-            q @ (b'\'' | b'"' | b'`') => {
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'\\' && q != b'`' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == q {
-                        if b.get(i + 1) == Some(&q) {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-            }
-            b'#' => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-')
-                && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace()) =>
-            {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'*' if in_versioned && b.get(i + 1) == Some(&b'/') => {
-                out.push_str(&sql[copied..i]);
-                out.push(' ');
-                i += 2;
-                copied = i;
-                in_versioned = false;
-            }
-            b'/' if !in_versioned && b.get(i + 1) == Some(&b'*') => {
-                let marker = if b.get(i + 2) == Some(&b'!') {
-                    Some(3)
-                } else if b.get(i + 2) == Some(&b'M') && b.get(i + 3) == Some(&b'!') {
-                    Some(4)
-                } else {
-                    None
-                };
-                match marker {
-                    Some(m) => {
-                        out.push_str(&sql[copied..i]);
-                        out.push(' ');
-                        i += m;
-                        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-                        if digits == 5 || digits == 6 {
-                            i += digits;
-                        }
-                        copied = i;
-                        in_versioned = true;
-                    }
-                    None => {
-                        // An ordinary comment: skip to its end.
-                        i += 2;
-                        while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
-                            i += 1;
-                        }
-                        i += 2;
-                    }
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    if copied < sql.len() {
-        out.push_str(&sql[copied..]);
-    }
-    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -1419,44 +1412,12 @@ mod tests {
     }
 
     #[test]
-    fn versioned_comments_are_exposed() {
-        assert_eq!(expose_versioned_comments("SELECT 1"), "SELECT 1");
-        assert_eq!(
-            expose_versioned_comments("/*!50000 DROP TABLE t */"),
-            "  DROP TABLE t  "
-        );
-        assert_eq!(
-            expose_versioned_comments("SELECT 1 /*M!100100 , 2 */ FROM t"),
-            "SELECT 1   , 2   FROM t"
-        );
-        assert_eq!(
-            expose_versioned_comments("SELECT '/*!x*/' /* /*! no */ /*!1*/"),
-            "SELECT '/*!x*/' /* /*! no */  1 "
-        );
-        // What the classifier makes of them: the hidden statement is seen.
-        let c = policy::sql::classify(
-            &expose_versioned_comments("SELECT 1; /*!40000 DROP TABLE users */"),
-            Dialect::Mysql,
-        )
-        .unwrap();
-        assert_eq!(c[1].kind(), StatementKind::Drop);
-        let c = policy::sql::classify(
-            &expose_versioned_comments(
-                "/*!40101 SET @OLD_CHARACTER_SET_CLIENT=@@CHARACTER_SET_CLIENT */",
-            ),
-            Dialect::Mysql,
-        )
-        .unwrap();
-        assert_eq!(c[0].kind(), StatementKind::Set);
-    }
-
-    #[test]
     fn use_statements_name_their_database() {
-        let c = policy::sql::classify("USE `my``db`", Dialect::Mysql);
+        let c = policy::sql::classify("USE `my``db`", policy::Dialect::Mysql);
         assert_eq!(single_use(&c).as_deref(), Some("my`db"));
-        let c = policy::sql::classify("use shop", Dialect::Mysql);
+        let c = policy::sql::classify("use shop", policy::Dialect::Mysql);
         assert_eq!(single_use(&c).as_deref(), Some("shop"));
-        let c = policy::sql::classify("SELECT 1", Dialect::Mysql);
+        let c = policy::sql::classify("SELECT 1", policy::Dialect::Mysql);
         assert_eq!(single_use(&c), None);
     }
 }

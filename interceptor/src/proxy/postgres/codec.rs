@@ -365,10 +365,12 @@ pub fn decode_startup(body: &[u8]) -> Result<Startup<'_>, CodecError> {
 /// A frontend (client) message, decoded as far as the proxy needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frontend<'a> {
-    Query(&'a str),
+    /// The query bytes, in the session's client encoding (decoded by the
+    /// session, which knows the encoding).
+    Query(&'a [u8]),
     Parse {
         name: &'a [u8],
-        query: &'a str,
+        query: &'a [u8],
     },
     Bind {
         portal: &'a [u8],
@@ -406,14 +408,14 @@ pub fn decode_frontend(f: Frame<'_>) -> Result<Frontend<'_>, CodecError> {
     match f.tag {
         b'Q' => {
             let mut c = Cursor::new(f.body, "Query");
-            let q = c.str()?;
+            let q = c.cstr()?;
             c.end()?;
             Ok(Frontend::Query(q))
         }
         b'P' => {
             let mut c = Cursor::new(f.body, "Parse");
             let name = c.cstr()?;
-            let query = c.str()?;
+            let query = c.cstr()?;
             let n = c.i16()?;
             if n < 0 {
                 return Err(CodecError::malformed("Parse", "negative parameter count"));
@@ -570,6 +572,15 @@ pub fn ready_status(body: &[u8]) -> Result<u8, CodecError> {
             "status is not I, T or E",
         )),
     }
+}
+
+/// ParameterStatus: the parameter's name and value.
+pub fn parameter_status(body: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
+    let mut c = Cursor::new(body, "ParameterStatus");
+    let name = c.cstr()?;
+    let value = c.cstr()?;
+    c.end()?;
+    Ok((name, value))
 }
 
 /// One RowDescription field.
@@ -879,7 +890,7 @@ mod tests {
         buf.extend(frame(b'S', b""));
         let (f, n) = split_frame(&buf, 1024).unwrap().unwrap();
         assert_eq!((f.tag, f.body), (b'Q', &b"SELECT 1\0"[..]));
-        assert_eq!(decode_frontend(f).unwrap(), Frontend::Query("SELECT 1"));
+        assert_eq!(decode_frontend(f).unwrap(), Frontend::Query(b"SELECT 1"));
         let (f, m) = split_frame(&buf[n..], 1024).unwrap().unwrap();
         assert_eq!(decode_frontend(f).unwrap(), Frontend::Sync);
         assert_eq!(n + m, buf.len());
@@ -905,7 +916,6 @@ mod tests {
     fn refuses_malformed_frontend_messages() {
         let bad: &[(u8, &[u8])] = &[
             (b'Q', b"SELECT 1"),                        // no NUL
-            (b'Q', b"SELECT \xff\0"),                   // invalid UTF-8
             (b'Q', b"SELECT 1\0junk"),                  // trailing bytes
             (b'P', b"s\0SELECT 1\0"),                   // missing parameter count
             (b'P', b"s\0SELECT 1\0\xff\xff"),           // negative count
@@ -937,7 +947,7 @@ mod tests {
             decode_frontend(f).unwrap(),
             Frontend::Parse {
                 name: b"s1",
-                query: "SELECT $1"
+                query: b"SELECT $1"
             }
         );
         let buf = frame(b'B', b"p\0s1\0\0\x01\0\x00\0\x01\0\0\0\x0242\0\x01\0\x01");
@@ -1055,7 +1065,7 @@ mod tests {
             let f = r.next().await.unwrap().unwrap();
             assert_eq!(
                 decode_frontend(f).unwrap(),
-                Frontend::Query(&format!("SELECT {i}"))
+                Frontend::Query(format!("SELECT {i}").as_bytes())
             );
         }
         let f = r.next().await.unwrap().unwrap();

@@ -29,10 +29,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use policy::{ActiveMasks, Decision, Dialect, Operation, SqlStatement, Verdict};
+use policy::sql::lex::charset;
+use policy::sql::{Encoding, Lexing};
+use policy::{ActiveMasks, Decision, Operation, SqlStatement, Verdict};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::{debug, info, warn};
 
 use super::codec::{self, Frame, FrameReader, Frontend, Startup};
@@ -394,6 +396,7 @@ async fn session(
     let mut creader = FrameReader::new(client, max);
     let mut sreader = FrameReader::new(server, max);
     let mut cancel = None;
+    let mut lexing = Lexing::postgres();
     match authenticate(
         ctx,
         gate,
@@ -402,6 +405,7 @@ async fn session(
         &mut sreader,
         &packet,
         &mut cancel,
+        &mut lexing,
     )
     .await
     {
@@ -426,7 +430,7 @@ async fn session(
     let (s, s_rest) = sreader.into_parts();
     let (cr, cw) = c.split();
     let (sr, sw) = s.split();
-    let pipe = Arc::new(Pipeline::default());
+    let pipe = Arc::new(Pipeline::new(lexing));
     let outcomes = pipe.clone();
     let masks = gate.masks().clone();
     let masks_active = !masks.is_empty();
@@ -508,6 +512,18 @@ impl From<PgError> for Auth {
     }
 }
 
+/// Follows a ParameterStatus that changes how the server reads queries.
+fn apply_parameter(lexing: &mut Lexing, name: &[u8], value: &[u8]) {
+    let value = String::from_utf8_lossy(value);
+    match name {
+        b"standard_conforming_strings" => {
+            lexing.backslash_escapes = !value.eq_ignore_ascii_case("on");
+        }
+        b"client_encoding" => lexing.encoding = Encoding::from_postgres(&value),
+        _ => {}
+    }
+}
+
 fn frame_bytes(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
     codec::message(&mut out, tag, |b| b.extend_from_slice(body));
@@ -515,7 +531,9 @@ fn frame_bytes(tag: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Relays the authentication exchange until the server's first
-/// ReadyForQuery.
+/// ReadyForQuery, noting the lexing settings its ParameterStatus messages
+/// report.
+#[allow(clippy::too_many_arguments)]
 async fn authenticate(
     ctx: &SessionCtx,
     gate: &mut Gate,
@@ -524,6 +542,7 @@ async fn authenticate(
     server: &mut FrameReader<Stream>,
     startup_packet: &[u8],
     cancel: &mut Option<CancelGuard>,
+    lexing: &mut Lexing,
 ) -> Result<(), Auth> {
     let client_tls = client.get_mut().is_tls();
     let mut sasl_initial = false;
@@ -568,6 +587,11 @@ async fn authenticate(
                                 }
                             }
                         }
+                    }
+                    b'S' => {
+                        let (name, value) =
+                            codec::parameter_status(&body).map_err(PgError::server)?;
+                        apply_parameter(lexing, name, value);
                     }
                     b'K' => {
                         let key = codec::backend_key(&body).map_err(PgError::server)?;
@@ -686,6 +710,8 @@ async fn plain_scram_leg(
 /// A prepared statement as judged at Parse time.
 struct StmtInfo {
     text: String,
+    /// The settings the server read it under.
+    lexing: Lexing,
     label: Option<String>,
     /// The Parse-time decision; `None` for an empty statement.
     decision: Option<Decision>,
@@ -743,7 +769,6 @@ enum Pending {
     Sync,
 }
 
-#[derive(Default)]
 struct Pipeline {
     pending: Mutex<VecDeque<Pending>>,
     statements: Mutex<HashMap<Vec<u8>, Arc<StmtInfo>>>,
@@ -751,11 +776,73 @@ struct Pipeline {
     copy_in: AtomicBool,
     /// Outcomes noted by the server loop, not yet handed to the recorder.
     outcomes: Mutex<Vec<EventOutcome>>,
+    /// How the server reads query text, as its ParameterStatus messages
+    /// say (`standard_conforming_strings`, `client_encoding`).
+    lexing: Mutex<Lexing>,
+    /// Signalled when the server loop has relayed a ReadyForQuery.
+    ready: Notify,
+}
+
+/// Whether the lexing settings known here are the ones the server will
+/// read the next statement under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Nothing that could change them is in flight.
+    Yes,
+    /// A statement that could change them is in flight, and a Sync (or its
+    /// own ReadyForQuery) will report the change: wait for it.
+    Wait,
+    /// A statement that could change them is in flight in a pipeline with
+    /// no Sync after it yet: the server would read the next statement under
+    /// settings it has not reported.
+    Never,
 }
 
 impl Pipeline {
+    fn new(lexing: Lexing) -> Pipeline {
+        Pipeline {
+            pending: Mutex::default(),
+            statements: Mutex::default(),
+            copy_in: AtomicBool::new(false),
+            outcomes: Mutex::default(),
+            lexing: Mutex::new(lexing),
+            ready: Notify::new(),
+        }
+    }
+
     fn push(&self, p: Pending) {
         lock(&self.pending).push_back(p);
+    }
+
+    fn lexing(&self) -> Lexing {
+        *lock(&self.lexing)
+    }
+
+    /// Any statement the server has not finished (through its
+    /// ReadyForQuery) may run code that changes the session's settings.
+    fn settled(&self) -> Settled {
+        let mut running = false;
+        let mut unsynced = false;
+        for p in lock(&self.pending).iter() {
+            match p {
+                // A simple Query ends with its own ReadyForQuery.
+                Pending::Query { .. } => {
+                    running = true;
+                    unsynced = false;
+                }
+                Pending::Execute { .. } => {
+                    running = true;
+                    unsynced = true;
+                }
+                Pending::Sync => unsynced = false,
+                _ => {}
+            }
+        }
+        match (running, unsynced) {
+            (false, _) => Settled::Yes,
+            (true, false) => Settled::Wait,
+            (true, true) => Settled::Never,
+        }
     }
 
     fn has_outcomes(&self) -> bool {
@@ -939,49 +1026,79 @@ impl FrontState<'_> {
         Ok(None)
     }
 
-    /// Judges SQL text (one or more statements); `None` for empty text.
-    async fn judge(
+    /// The settings the server will read `sql` under, waiting for it to
+    /// report changes a statement in flight may make. `None` when that
+    /// cannot be known (see [`Settled::Never`]).
+    async fn lexing_for(&mut self, sql: &[u8]) -> Result<Option<Lexing>, PgError> {
+        if Lexing::insensitive(sql, policy::Dialect::Postgres) {
+            return Ok(Some(Lexing::postgres()));
+        }
+        loop {
+            let ready = self.pipe.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            match self.pipe.settled() {
+                Settled::Yes => return Ok(Some(self.pipe.lexing())),
+                Settled::Never => return Ok(None),
+                Settled::Wait => {
+                    // What is owed must reach the server for it to answer.
+                    self.out.flush().await.map_err(PgError::ServerIo)?;
+                    ready.await;
+                }
+            }
+        }
+    }
+
+    /// Reads and classifies query bytes as the server will, then judges
+    /// them (one op per statement; one unparsed op when they cannot be
+    /// read or parsed). Returns the decoded text, the classification and
+    /// the judgement (`None` for empty text).
+    async fn judge_sql(
         &mut self,
-        classified: &Classified,
-        text: &str,
+        sql: &[u8],
         kind: &'static str,
-    ) -> Result<Option<Judgement>, PgError> {
+    ) -> Result<(String, Classified, Option<Judgement>, Lexing), PgError> {
+        let lexing = self.lexing_for(sql).await?;
+        let (text, classified) = match lexing {
+            Some(l) => {
+                let text = charset::decode(sql, l.encoding)
+                    .map(|t| t.into_owned())
+                    .unwrap_or_else(|_| charset::lossy_escaped(sql));
+                (text, self.gate.classify(sql, &l))
+            }
+            None => (
+                charset::lossy_escaped(sql),
+                Arc::new(Err(policy::SqlError::Mismatch(
+                    "sent in a pipeline, with no Sync yet, after a statement that may change how the server reads text (the server reports such changes only at Sync)".into(),
+                ))),
+            ),
+        };
+        let lexing = lexing.unwrap_or_else(|| self.pipe.lexing());
         let error: String;
-        let mut ops: Vec<Op<'_>> = match &**classified {
-            Ok(stmts) if stmts.is_empty() => return Ok(None),
-            Ok(stmts) => stmts.iter().map(|s| sql_op(s, kind)).collect(),
+        let ops: Vec<Op<'_>> = match &*classified {
+            Ok(stmts) if stmts.is_empty() => {
+                return Ok((text, classified.clone(), None, lexing));
+            }
+            Ok(stmts) => stmts.iter().map(|s| sql_op(s, kind, lexing)).collect(),
             Err(e) => {
                 error = e.to_string();
                 vec![Op {
                     operation: Operation::SqlUnparsed {
-                        text,
+                        text: &text,
                         error: &error,
                     },
                     kind,
-                    text,
+                    text: &text,
                     label: Some("unparsed".into()),
                     shape: None,
                     detail: None,
+                    lexing: Some(lexing),
                 }]
             }
         };
-        self.add_shapes(&mut ops);
-        self.judge_ops(&ops).await.map(Some)
-    }
-
-    /// Statement shapes are only needed for approvals: computed only for
-    /// ops the policy would hold for review.
-    fn add_shapes(&self, ops: &mut [Op<'_>]) {
-        let policy = self.shared.policy();
-        for op in ops {
-            if policy
-                .decide(&self.gate.workload, &self.gate.target, &op.operation)
-                .verdict
-                == Verdict::Review
-            {
-                op.shape = Some(policy::sql::shape(op.text, Dialect::Postgres));
-            }
-        }
+        let j = self.judge_ops(&ops).await?;
+        drop(ops);
+        Ok((text, classified, Some(j), lexing))
     }
 
     async fn judge_ops(&mut self, ops: &[Op<'_>]) -> Result<Judgement, PgError> {
@@ -994,9 +1111,8 @@ impl FrontState<'_> {
         Ok(self.gate.judge(ops).await?)
     }
 
-    async fn query(&mut self, text: &str, raw: &[u8]) -> Result<(), PgError> {
-        let classified = self.gate.classify(text, Dialect::Postgres);
-        match self.judge(&classified, text, "statement").await? {
+    async fn query(&mut self, sql: &[u8], raw: &[u8]) -> Result<(), PgError> {
+        match self.judge_sql(sql, "statement").await?.2 {
             Some(j) if !j.allowed => {
                 self.pipe.push(Pending::Query {
                     seqs: Vec::new(),
@@ -1028,9 +1144,8 @@ impl FrontState<'_> {
         )
     }
 
-    async fn parse(&mut self, name: &[u8], query: &str, raw: &[u8]) -> Result<(), PgError> {
-        let classified = self.gate.classify(query, Dialect::Postgres);
-        let judged = self.judge(&classified, query, "statement").await?;
+    async fn parse(&mut self, name: &[u8], query: &[u8], raw: &[u8]) -> Result<(), PgError> {
+        let (query, classified, judged, lexing) = self.judge_sql(query, "statement").await?;
         self.last_described = None;
         if let Some(j) = judged.as_ref().filter(|j| !j.allowed) {
             self.pipe.push(Pending::Parse {
@@ -1051,7 +1166,8 @@ impl FrontState<'_> {
             Err(_) => Some("unparsed".to_string()),
         };
         let info = Arc::new(StmtInfo {
-            text: query.to_string(),
+            lexing,
+            text: query,
             label,
             error: classified.as_ref().as_ref().err().map(|e| e.to_string()),
             classified: classified.clone(),
@@ -1159,6 +1275,7 @@ impl FrontState<'_> {
                         label: info.label.clone(),
                         shape: None,
                         detail: Some(detail),
+                        lexing: Some(info.lexing),
                     };
                     self.pipe.record_outcomes(&self.shared).await;
                     Some(self.gate.record_decided(&op, decision).await?)
@@ -1195,6 +1312,7 @@ impl FrontState<'_> {
                     label: None,
                     shape: None,
                     detail: None,
+                    lexing: None,
                 };
                 self.pipe.record_outcomes(&self.shared).await;
                 Some(self.gate.record_decided(&op, &decision).await?)
@@ -1220,10 +1338,9 @@ impl FrontState<'_> {
             label: Some("function_call".into()),
             shape: None,
             detail: None,
+            lexing: None,
         };
-        let mut ops = [op];
-        self.add_shapes(&mut ops);
-        let j = self.judge_ops(&ops).await?;
+        let j = self.judge_ops(&[op]).await?;
         self.last_described = None;
         if j.allowed {
             self.pipe.push(Pending::Query {
@@ -1247,7 +1364,7 @@ impl FrontState<'_> {
     }
 }
 
-fn sql_op<'a>(s: &'a SqlStatement, kind: &'static str) -> Op<'a> {
+fn sql_op<'a>(s: &'a SqlStatement, kind: &'static str, lexing: Lexing) -> Op<'a> {
     Op {
         operation: Operation::Sql(s),
         kind,
@@ -1255,6 +1372,7 @@ fn sql_op<'a>(s: &'a SqlStatement, kind: &'static str) -> Op<'a> {
         label: Some(s.kind().as_str().to_string()),
         shape: None,
         detail: None,
+        lexing: Some(lexing),
     }
 }
 
