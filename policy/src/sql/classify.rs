@@ -35,17 +35,16 @@ pub(super) fn statement(
     let copy_tokens = (dialect == Dialect::Postgres
         && first_word(&tokens).as_deref() == Some("copy"))
     .then(|| tokens.clone());
-    match parse_whole(tokens, dialect) {
-        Ok(ast) => Ok(from_ast(&ast, text, dialect)),
-        Err(e) => copy_tokens.and_then(|t| copy_fallback(&t, text)).ok_or(e),
-    }
-}
-
-/// Parses one statement that must use every token.
-fn parse_whole(tokens: Vec<TokenWithSpan>, dialect: Dialect) -> Result<Statement, String> {
     let d = dialect_impl(dialect);
     let mut parser = Parser::new(d).with_tokens_with_locations(tokens);
-    let ast = parser.parse_statement().map_err(|e| e.to_string())?;
+    let ast = match parser.parse_statement() {
+        Ok(ast) => ast,
+        Err(e) => {
+            return copy_tokens
+                .and_then(|t| copy_fallback(&t, text))
+                .ok_or_else(|| e.to_string());
+        }
+    };
     let next = parser.peek_token();
     if next.token != Token::EOF {
         return Err(format!(
@@ -53,7 +52,7 @@ fn parse_whole(tokens: Vec<TokenWithSpan>, dialect: Dialect) -> Result<Statement
             next.token
         ));
     }
-    Ok(ast)
+    Ok(from_ast(&ast, text, dialect))
 }
 
 /// Classifies a parsed statement.
@@ -70,6 +69,17 @@ pub(super) fn from_ast(ast: &Statement, text: &str, dialect: Dialect) -> SqlStat
         pending_table_fn: None,
     };
     let _ = ast.visit(&mut c);
+    // A view on pg_settings is as updatable as pg_settings itself, whose
+    // update rule calls set_config(): updating the view sets parameters.
+    if c.objects.contains(&O::View)
+        && c.tables.iter().any(|t| {
+            t.rsplit('.')
+                .next()
+                .is_some_and(|bare| bare.eq_ignore_ascii_case("pg_settings"))
+        })
+    {
+        c.parameter(None);
+    }
     // Plain EXPLAIN plans without running: only EXPLAIN ANALYZE executes the
     // explained statement, so only then do its kinds count.
     if let Statement::Explain {
@@ -1096,7 +1106,7 @@ fn single_name(name: &ObjectName) -> Option<String> {
 /// dblink, the `*_to_xml*` family, `ts_stat`/`ts_rewrite`, pg_cron and
 /// pg_background jobs, Citus `run_command_on_*`, MySQL
 /// `sys.execute_prepared_stmt`. Matched on the last name part, any schema.
-pub(super) fn runs_sql_text(name: &ObjectName) -> bool {
+fn runs_sql_text(name: &ObjectName) -> bool {
     let last = match name.0.last() {
         Some(ObjectNamePart::Identifier(i)) => i.value.to_ascii_lowercase(),
         Some(other) => other.to_string().to_ascii_lowercase(),

@@ -202,8 +202,8 @@ named_enum! {
         ResetSessionAuthorization = "reset_session_authorization",
         /// Any other change of a run-time parameter: `SET x = …`,
         /// `SET TIME ZONE`, `SET NAMES`, `RESET x`, `set_config()`,
-        /// `UPDATE pg_settings`. Not `SET TRANSACTION` and not MySQL user
-        /// variables (`SET @x = …`).
+        /// `UPDATE pg_settings` (or a view on it). Not `SET TRANSACTION` and
+        /// not MySQL user variables (`SET @x = …`).
         SetParameter = "set_parameter",
         /// Server-wide configuration: PostgreSQL `ALTER SYSTEM`, MySQL
         /// `SET GLOBAL`, `SET @@global.x`, `SET @@persist.x`.

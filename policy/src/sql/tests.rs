@@ -865,6 +865,11 @@ fn actions() {
         (Pg, "SELECT set_config('ro\\le', 'x', false)", "select", "", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
         (Pg, "UPDATE pg_settings SET setting = 'x' WHERE name = 'role'", "update", "", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
         (Pg, "UPDATE pg_catalog.pg_settings SET setting = 'x'", "update", "", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
+        (Pg, "WITH u AS (UPDATE pg_settings SET setting = 'x' WHERE name = 'role' RETURNING 1) SELECT * FROM u", "select,update", "", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
+        (Pg, "CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings", "create", "view", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
+        (Pg, "CREATE MATERIALIZED VIEW s AS SELECT * FROM pg_settings", "create", "materialized_view", "", false),
+        (Pg, "SELECT set_config(setting_name => 'search_path', new_value => 'x', is_local => false)", "select", "", "set_parameter,set_role,set_session_authorization,disable_trigger", false),
+        (Pg, "SELECT * FROM pg_settings WHERE name = 'role'", "select", "", "", false),
         (Pg, "SET session_replication_role = replica", "set", "", "set_parameter,disable_trigger", false),
         // Other parameters.
         (Pg, "SET search_path = public", "set", "", "set_parameter", false),
