@@ -1,15 +1,17 @@
 //! Validation: raw file → compiled policy, every error located.
 
 use crate::config::{
-    Ints, OneOrMany, RawEgressAllow, RawFile, RawIntercept, RawMask, RawMatch, RawRule, Strings,
+    Ints, OneOrMany, RawEgressAllow, RawFile, RawIntercept, RawLimit, RawMask, RawMatch, RawRule,
+    Strings,
 };
 use crate::error::Located;
 use crate::glob::Glob;
+use crate::limit::LimitRule;
 use crate::mask::{Detector, DetectorSet, MaskRule, Masker};
 use crate::matcher::{GlobList, HttpMatcher, Matcher, SqlMatcher, SshMatcher};
 use crate::model::{Defaults, EgressAllow, InterceptRule, Protocol};
 use crate::policy::{Inner, Rule};
-use crate::sql::StatementKind;
+use crate::sql::{Action, ObjectKind, StatementKind};
 use ipnet::IpNet;
 use regex::{Regex, RegexSet};
 use std::collections::HashMap;
@@ -26,7 +28,10 @@ fn line_of(text: &str, at: usize) -> usize {
     crate::error::line_col(text, at).0
 }
 
-pub(crate) fn compile(raw: RawFile, text: &str) -> R<Inner> {
+/// Compiles a parsed file. `judged` lists the operation families (`sql`,
+/// `ssh`, `http`) whose keys are accepted in rules: normally
+/// [`crate::JUDGED_FAMILIES`].
+pub(crate) fn compile(raw: RawFile, text: &str, judged: &[&str]) -> R<Inner> {
     let defaults = defaults(&raw)?;
     let intercepts = intercepts(&raw.intercept, text)?;
     let egress_allow = raw
@@ -34,7 +39,7 @@ pub(crate) fn compile(raw: RawFile, text: &str) -> R<Inner> {
         .iter()
         .map(egress_allow)
         .collect::<R<Vec<_>>>()?;
-    let rules = rules(raw.rule, text)?;
+    let rules = rules(raw.rule, text, judged)?;
     let masker = Masker {
         rules: raw
             .mask
@@ -42,12 +47,14 @@ pub(crate) fn compile(raw: RawFile, text: &str) -> R<Inner> {
             .map(|m| mask(m, text))
             .collect::<R<Vec<_>>>()?,
     };
+    let limits = limits(&raw.limit, text)?;
     Ok(Inner {
         defaults,
         intercepts,
         egress_allow,
         rules,
         masker,
+        limits,
     })
 }
 
@@ -174,7 +181,7 @@ fn egress_allow(entry: &Spanned<RawEgressAllow>) -> R<EgressAllow> {
     })
 }
 
-fn rules(raw: Vec<RawRule>, text: &str) -> R<Vec<Rule>> {
+fn rules(raw: Vec<RawRule>, text: &str, judged: &[&str]) -> R<Vec<Rule>> {
     let mut out = Vec::with_capacity(raw.len());
     let mut names: HashMap<String, usize> = HashMap::new();
     for rr in raw {
@@ -193,7 +200,7 @@ fn rules(raw: Vec<RawRule>, text: &str) -> R<Vec<Rule>> {
             ));
         }
         let (matcher, summary) = match &rr.matcher {
-            Some(m) => (matcher(m, false)?, summary(m)),
+            Some(m) => (matcher(m, Scope::Rule { judged })?, summary(m)),
             None => (Matcher::default(), String::new()),
         };
         out.push(Rule {
@@ -256,22 +263,50 @@ fn regex_error(e: &regex::Error) -> String {
         .unwrap_or_else(|| s.lines().last().unwrap_or("").trim().to_owned())
 }
 
-/// Compiles a `match` table. `mask` restricts it to context keys.
-fn matcher(m: &RawMatch, mask: bool) -> R<Matcher> {
-    if mask {
-        for (key, span) in [
-            ("sql", m.sql.as_ref().map(Spanned::span)),
-            ("ssh", m.ssh.as_ref().map(Spanned::span)),
-            ("http", m.http.as_ref().map(Spanned::span)),
-        ] {
-            if let Some(span) = span {
+/// Where a `match` table is.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// A `[[rule]]`: operation keys of the `judged` families are allowed.
+    Rule { judged: &'a [&'a str] },
+    /// A `[[mask]]` or `[[limit]]` (the table name, the plural): context
+    /// keys only.
+    Connection(&'static str, &'static str),
+}
+
+/// Why operation keys of a family no protocol module judges yet are refused.
+fn unjudged_family(key: &str) -> String {
+    let proto = match key {
+        "ssh" => "SSH",
+        "http" => "HTTP",
+        _ => "such",
+    };
+    format!(
+        "{key}.* rules are not supported yet: {proto} connections are relayed as opaque TCP and judged only at connect; remove the key or use a connection rule"
+    )
+}
+
+/// Compiles a `match` table.
+fn matcher(m: &RawMatch, scope: Scope<'_>) -> R<Matcher> {
+    let families = [
+        ("sql", m.sql.as_ref().map(Spanned::span)),
+        ("ssh", m.ssh.as_ref().map(Spanned::span)),
+        ("http", m.http.as_ref().map(Spanned::span)),
+    ];
+    for (key, span) in families {
+        let Some(span) = span else { continue };
+        match scope {
+            Scope::Connection(table, plural) => {
                 return Err(Located::new(
                     span,
                     format!(
-                        "{key}.* cannot be used in a [[mask]] match (masks apply to whole connections; allowed keys: protocol, cgroup, unit, exe, comm, uid, identity.*, target.*)"
+                        "{key}.* cannot be used in a {table} match ({plural} apply to whole connections; allowed keys: protocol, cgroup, unit, exe, comm, uid, identity.*, target.*)"
                     ),
                 ));
             }
+            Scope::Rule { judged } if !judged.contains(&key) => {
+                return Err(Located::new(span, unjudged_family(key)));
+            }
+            Scope::Rule { .. } => {}
         }
     }
     let mut out = Matcher::default();
@@ -361,10 +396,26 @@ fn matcher(m: &RawMatch, mask: bool) -> R<Matcher> {
             }
             sm.statement = Some(kinds);
         }
+        if let Some(os) = &rs.object {
+            let mut objects = Vec::new();
+            for (o, span) in non_empty(os)? {
+                objects.push(o.parse::<ObjectKind>().map_err(|m| Located::new(span, m))?);
+            }
+            sm.object = Some(objects);
+        }
+        if let Some(acts) = &rs.action {
+            let mut actions = Vec::new();
+            for (a, span) in non_empty(acts)? {
+                actions.push(a.parse::<Action>().map_err(|m| Located::new(span, m))?);
+            }
+            sm.action = Some(actions);
+        }
         sm.tables = opt_globs(&rs.tables, true)?;
         sm.functions = opt_globs(&rs.functions, true)?;
         sm.has_where = rs.has_where;
         if sm.statement.is_none()
+            && sm.object.is_none()
+            && sm.action.is_none()
             && sm.tables.is_none()
             && sm.functions.is_none()
             && sm.has_where.is_none()
@@ -506,6 +557,8 @@ fn summary(m: &RawMatch) -> String {
             }
         };
         s("statement", &q.statement);
+        s("object", &q.object);
+        s("action", &q.action);
         s("tables", &q.tables);
         s("functions", &q.functions);
         if let Some(w) = q.has_where {
@@ -563,7 +616,11 @@ fn mask(entry: &Spanned<RawMask>, text: &str) -> R<MaskRule> {
         })?;
         column_set = Some(Arc::new(set));
     }
-    let matcher = rm.matcher.as_ref().map(|m| matcher(m, true)).transpose()?;
+    let matcher = rm
+        .matcher
+        .as_ref()
+        .map(|m| matcher(m, Scope::Connection("[[mask]]", "masks")))
+        .transpose()?;
     Ok(MaskRule {
         name: rm.name.clone(),
         line: line_of(text, entry.span().start),
@@ -572,4 +629,58 @@ fn mask(entry: &Spanned<RawMask>, text: &str) -> R<MaskRule> {
         column_set,
         matcher,
     })
+}
+
+fn limits(raw: &[Spanned<RawLimit>], text: &str) -> R<Vec<LimitRule>> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for entry in raw {
+        let rl: &RawLimit = entry.get_ref();
+        let name = rl.name.get_ref().clone();
+        let span = rl.name.span();
+        if name.trim().is_empty() {
+            return Err(Located::new(span, "limit name must not be empty"));
+        }
+        if let Some(first) = names.insert(name.clone(), span.start) {
+            return Err(Located::new(
+                span,
+                format!(
+                    "duplicate limit name {name:?} (first defined at line {})",
+                    line_of(text, first)
+                ),
+            ));
+        }
+        if rl.rows.is_none() && rl.bytes.is_none() {
+            return Err(Located::new(
+                entry.span(),
+                "a [[limit]] entry needs `rows`, `bytes` or both",
+            ));
+        }
+        let positive = |v: &Option<Spanned<i64>>, key: &str| -> R<Option<u64>> {
+            v.as_ref()
+                .map(|v| match u64::try_from(*v.get_ref()) {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(Located::new(
+                        v.span(),
+                        format!("{key} must be a positive integer, got {}", v.get_ref()),
+                    )),
+                })
+                .transpose()
+        };
+        let rows = positive(&rl.rows, "rows")?;
+        let bytes = positive(&rl.bytes, "bytes")?;
+        let matcher = rl
+            .matcher
+            .as_ref()
+            .map(|m| matcher(m, Scope::Connection("[[limit]]", "limits")))
+            .transpose()?;
+        out.push(LimitRule {
+            name,
+            line: line_of(text, entry.span().start),
+            rows,
+            bytes,
+            matcher,
+        });
+    }
+    Ok(out)
 }

@@ -21,6 +21,8 @@ pub(crate) struct RawFile {
     pub rule: Vec<RawRule>,
     #[serde(default)]
     pub mask: Vec<Spanned<RawMask>>,
+    #[serde(default)]
+    pub limit: Vec<Spanned<RawLimit>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -72,6 +74,16 @@ pub(crate) struct RawMask {
     pub matcher: Option<RawMatch>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub name: Spanned<String>,
+    pub rows: Option<Spanned<i64>>,
+    pub bytes: Option<Spanned<i64>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<RawMatch>,
+}
+
 pub(crate) type Strings = Spanned<OneOrMany<String>>;
 pub(crate) type Ints = Spanned<OneOrMany<i64>>;
 
@@ -105,6 +117,8 @@ pub(crate) struct RawTargetMatch {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSqlMatch {
     pub statement: Option<Strings>,
+    pub object: Option<Strings>,
+    pub action: Option<Strings>,
     pub tables: Option<Strings>,
     pub functions: Option<Strings>,
     pub has_where: Option<bool>,

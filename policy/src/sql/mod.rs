@@ -11,10 +11,12 @@
 //! unparsed rather than letting the rest through.
 
 mod classify;
+mod facts;
 pub mod lex;
 mod shape;
 mod split;
 
+pub use facts::{Action, ObjectKind};
 pub use lex::{Encoding, Lexing, Server};
 pub use shape::{shape, shape_with};
 
@@ -188,12 +190,39 @@ pub struct SqlStatement {
     /// `Some` when the statement contains an `UPDATE` or `DELETE`: `false`
     /// if any of them has no `WHERE` clause.
     pub has_where: Option<bool>,
+    /// The kinds of object the statement (or a statement nested in it)
+    /// creates, alters, drops, truncates, refreshes, comments on, or grants
+    /// or revokes privileges on, without duplicates. Empty for statements
+    /// that define or change no object (queries, DML, `SET`, …).
+    #[serde(default)]
+    pub objects: Vec<ObjectKind>,
+    /// What the statement does beyond its kind (`COPY … TO PROGRAM`,
+    /// `ALTER TABLE … DROP COLUMN`, `SET ROLE`, …), including the actions of
+    /// nested statements and of function calls such as `set_config()`,
+    /// without duplicates.
+    #[serde(default)]
+    pub actions: Vec<Action>,
+    /// The statement carries code its shape does not show: a `DO` block, a
+    /// `CREATE FUNCTION`/`PROCEDURE` body, `COPY … PROGRAM`, `EXECUTE` of a
+    /// prepared statement, or a call of a function that runs SQL given as a
+    /// string (`dblink*`, `query_to_xml`, …). Approving its shape would
+    /// approve any code in its literals, so the gate approves such
+    /// statements one at a time only. See [`SqlStatement::literal_code`].
+    #[serde(default)]
+    pub literal_code: bool,
 }
 
 impl SqlStatement {
     /// The statement's own kind (the first of `kinds`).
     pub fn kind(&self) -> StatementKind {
         self.kinds.first().copied().unwrap_or(StatementKind::Other)
+    }
+
+    /// Whether the statement carries code in string literals (or in itself)
+    /// that its shape does not show, so a shape-wide approval must not
+    /// cover it (the field of the same name).
+    pub fn literal_code(&self) -> bool {
+        self.literal_code
     }
 }
 
