@@ -133,6 +133,11 @@ impl Shared {
         if !approve && scope_minutes.is_some() {
             bail!("--for only applies to approvals");
         }
+        if scope_minutes.is_some() && row.shape.is_none() {
+            bail!(
+                "approval request {id} can only be approved as its exact text (its statement carries code in string literals or dynamic SQL, or could not be parsed, so its shape says nothing about what runs); approve it without --for"
+            );
+        }
         let by_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
             .ok()
             .flatten()

@@ -193,6 +193,13 @@ impl Gate {
                 if d.verdict != Verdict::Review {
                     return None;
                 }
+                // Statements whose literals carry code, and statements not
+                // understood, are approved one exact text at a time.
+                match &op.operation {
+                    Operation::Sql(s) if s.literal_code() => return None,
+                    Operation::SqlUnparsed { .. } => return None,
+                    _ => {}
+                }
                 op.shape.clone().or_else(|| {
                     op.lexing
                         .as_ref()

@@ -497,11 +497,14 @@ pub struct ApprovalRow {
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
     pub scope_minutes: Option<i64>,
+    /// The statement shape a `--for` approval would cover; `None` when the
+    /// request can only be approved as its exact text.
+    pub shape: Option<String>,
 }
 
 const APPROVAL_COLUMNS: &str = "id, session_id, seq, created_at, expires_at, status, protocol, destination, \
     operation, rule, reason, cgroup, unit, pid, exe, uid, repository, sha, run_id, actor, decided_at, \
-    decided_by_uid, decided_by, decision_reason, scope_minutes";
+    decided_by_uid, decided_by, decision_reason, scope_minutes, shape";
 
 fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
     Ok(ApprovalRow {
@@ -530,6 +533,7 @@ fn approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ApprovalRow> {
         decided_by: r.get(22)?,
         decision_reason: r.get(23)?,
         scope_minutes: r.get(24)?,
+        shape: r.get(25)?,
     })
 }
 
