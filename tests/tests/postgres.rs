@@ -494,11 +494,24 @@ fn wire_level_pipelines_refusals_and_masking() {
                 .is_some_and(|t| t.starts_with("SELECT $1::text"))
         })
         .collect();
-    assert_eq!(runs.len(), 2, "{evs:#?}");
+    // The Parse (sent alone) and each execution with its own bound
+    // parameters, masked.
+    assert_eq!(runs.len(), 3, "{evs:#?}");
     assert_eq!(runs[0]["kind"], "statement");
-    assert_eq!(runs[1]["kind"], "execute");
-    assert_eq!(runs[1]["decision"], "allow");
-    assert_eq!(runs[1]["rows"], 1);
+    for run in &runs[1..] {
+        assert_eq!(run["kind"], "execute");
+        assert_eq!(run["decision"], "allow");
+        assert_eq!(run["rows"], 1);
+        let detail = match &run["detail"] {
+            serde_json::Value::String(s) => serde_json::from_str(s).unwrap(),
+            v => v.clone(),
+        };
+        assert_eq!(
+            detail["params"],
+            serde_json::json!(["<masked:credit_card>"]),
+            "{detail}"
+        );
+    }
 }
 
 #[test]
@@ -622,7 +635,16 @@ fn bad_input_ends_only_its_own_session() {
             "{k}: {v:#}"
         );
     };
-    fatal("utf8", "invalid UTF-8");
+    // Bytes that are not valid in the session's encoding are refused as
+    // unparsed SQL; the session goes on.
+    let utf8 = v["utf8"].as_array().unwrap();
+    assert!(
+        utf8.iter().any(|r| {
+            let r = r.as_str().unwrap();
+            r.starts_with("E:42501:") && r.contains("not valid UTF-8")
+        }) && utf8.iter().any(|r| r.as_str() == Some("Z:I")),
+        "utf8: {v:#}"
+    );
     fatal("oversized", "over the limit");
     fatal("bad_length", "invalid length");
     fatal("short_parse", "Parse");
@@ -639,7 +661,7 @@ fn bad_input_ends_only_its_own_session() {
         .filter(|s| s["protocol"] == "postgres")
         .filter_map(|s| s["end_reason"].as_str().map(str::to_string))
         .collect();
-    for needle in ["invalid UTF-8", "over the limit", "middle of a message"] {
+    for needle in ["over the limit", "middle of a message"] {
         assert!(
             reasons.iter().any(|r| r.contains(needle)),
             "{needle}: {reasons:#?}"
@@ -651,7 +673,7 @@ fn bad_input_ends_only_its_own_session() {
         .find(|s| {
             s["end_reason"]
                 .as_str()
-                .is_some_and(|r| r.contains("invalid UTF-8"))
+                .is_some_and(|r| r.contains("over the limit"))
         })
         .unwrap();
     let evs = events(&d, bad["id"].as_i64().unwrap());

@@ -265,7 +265,22 @@ impl Gate {
         let id = hold.id;
         let timeout = policy.defaults().approval_timeout;
         let now = time::OffsetDateTime::now_utc();
-        let operation = texts.join(";\n");
+        // Approvers see the bound parameters with each statement.
+        let operation = ops
+            .iter()
+            .zip(&texts)
+            .map(|(op, t)| {
+                match op
+                    .detail
+                    .as_ref()
+                    .and_then(|d| params_line(d.get("params")?))
+                {
+                    Some(p) => format!("{t}\n-- parameters: {p}"),
+                    None => t.clone(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(";\n");
         let ident = crate::proxy::session_identity(&self.workload, 0);
         let req = ApprovalRequest {
             id,
@@ -543,6 +558,21 @@ impl Drop for Gate {
     fn drop(&mut self) {
         self.shared.approvals.end_session(self.session_id);
     }
+}
+
+/// `$1 = 'x', $2 = 42` for a JSON array of (already masked) parameters.
+fn params_line(params: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Array(values) = params else {
+        return None;
+    };
+    Some(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("${} = {v}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
 }
 
 /// "5m", "30s", "1h 2m".

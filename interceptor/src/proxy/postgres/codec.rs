@@ -136,10 +136,52 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// messages). A stream that ends inside a message is
     /// [`CodecError::Truncated`].
     pub async fn next(&mut self) -> Result<Option<Frame<'_>>, CodecError> {
-        let n = loop {
+        let Some(n) = self.next_len().await? else {
+            return Ok(None);
+        };
+        let s = self.start;
+        self.start += n;
+        let raw = &self.buf[s..s + n];
+        Ok(Some(Frame {
+            tag: raw[0],
+            body: &raw[5..],
+            raw,
+        }))
+    }
+
+    /// The next message, and the one after it when that one is already
+    /// complete in the buffer (without consuming it): a Parse can then be
+    /// recorded together with the parameters of the Bind that follows it.
+    pub async fn next_and_peek(
+        &mut self,
+    ) -> Result<Option<(Frame<'_>, Option<Frame<'_>>)>, CodecError> {
+        let Some(n) = self.next_len().await? else {
+            return Ok(None);
+        };
+        let s = self.start;
+        self.start += n;
+        let rest = &self.buf[self.start..self.end];
+        let following = split_frame(rest, self.max).ok().flatten().map(|(f, _)| f);
+        let raw = &self.buf[s..s + n];
+        let frame = Frame {
+            tag: raw[0],
+            body: &raw[5..],
+            raw,
+        };
+        Ok(Some((frame, following)))
+    }
+
+    /// Waits until a whole message is buffered: its length, or `None` at a
+    /// clean end of stream.
+    async fn next_len(&mut self) -> Result<Option<usize>, CodecError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        loop {
             let avail = &self.buf[self.start..self.end];
             match frame_len(avail, self.max)? {
-                Some(n) if n <= avail.len() => break n,
+                Some(n) if n <= avail.len() => return Ok(Some(n)),
                 need => {
                     if !self.fill(need.unwrap_or(5)).await? {
                         return if self.start == self.end {
@@ -150,19 +192,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     }
                 }
             }
-        };
-        let s = self.start;
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
         }
-        let raw = &self.buf[s..s + n];
-        Ok(Some(Frame {
-            tag: raw[0],
-            body: &raw[5..],
-            raw,
-        }))
     }
 
     /// The next message as owned bytes (type byte, body).
@@ -260,6 +290,11 @@ impl<'a> Cursor<'a> {
     pub fn str(&mut self) -> Result<&'a str, CodecError> {
         let what = self.what;
         std::str::from_utf8(self.cstr()?).map_err(|_| CodecError::Utf8(what))
+    }
+
+    /// The bytes not read yet (not consumed).
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
     }
 
     pub fn end(&self) -> Result<(), CodecError> {
@@ -371,10 +406,15 @@ pub enum Frontend<'a> {
     Parse {
         name: &'a [u8],
         query: &'a [u8],
+        /// Parameter type OIDs (4 bytes each; 0 = unspecified).
+        types: &'a [u8],
     },
     Bind {
         portal: &'a [u8],
         statement: &'a [u8],
+        /// Everything after the two names: parameter formats, values and
+        /// result formats (see [`bind_values`]).
+        args: &'a [u8],
     },
     Execute {
         portal: &'a [u8],
@@ -420,14 +460,15 @@ pub fn decode_frontend(f: Frame<'_>) -> Result<Frontend<'_>, CodecError> {
             if n < 0 {
                 return Err(CodecError::malformed("Parse", "negative parameter count"));
             }
-            c.bytes(n as usize * 4)?;
+            let types = c.bytes(n as usize * 4)?;
             c.end()?;
-            Ok(Frontend::Parse { name, query })
+            Ok(Frontend::Parse { name, query, types })
         }
         b'B' => {
             let mut c = Cursor::new(f.body, "Bind");
             let portal = c.cstr()?;
             let statement = c.cstr()?;
+            let args = c.rest();
             let nfmt = c.i16()?;
             if nfmt < 0 {
                 return Err(CodecError::malformed("Bind", "negative format count"));
@@ -455,7 +496,11 @@ pub fn decode_frontend(f: Frame<'_>) -> Result<Frontend<'_>, CodecError> {
             }
             c.bytes(nres as usize * 2)?;
             c.end()?;
-            Ok(Frontend::Bind { portal, statement })
+            Ok(Frontend::Bind {
+                portal,
+                statement,
+                args,
+            })
         }
         b'E' => {
             let mut c = Cursor::new(f.body, "Execute");
@@ -572,6 +617,42 @@ pub fn ready_status(body: &[u8]) -> Result<u8, CodecError> {
             "status is not I, T or E",
         )),
     }
+}
+
+/// A Bind's parameter values: each with its format (0 text, 1 binary);
+/// `None` is SQL NULL.
+pub fn bind_values(args: &[u8]) -> Result<Vec<(i16, Option<&[u8]>)>, CodecError> {
+    let mut c = Cursor::new(args, "Bind");
+    let nfmt = c.i16()?;
+    if nfmt < 0 {
+        return Err(CodecError::malformed("Bind", "negative format count"));
+    }
+    let mut formats = Vec::with_capacity(nfmt as usize);
+    for _ in 0..nfmt {
+        formats.push(c.i16()?);
+    }
+    let n = c.i16()?;
+    if n < 0 {
+        return Err(CodecError::malformed("Bind", "negative parameter count"));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        let fmt = match formats.len() {
+            0 => 0,
+            1 => formats[0],
+            _ => *formats
+                .get(i)
+                .ok_or_else(|| CodecError::malformed("Bind", "fewer formats than parameters"))?,
+        };
+        let len = c.i32()?;
+        let v = match len {
+            -1 => None,
+            l if l < -1 => return Err(CodecError::malformed("Bind", "negative parameter length")),
+            l => Some(c.bytes(l as usize)?),
+        };
+        out.push((fmt, v));
+    }
+    Ok(out)
 }
 
 /// ParameterStatus: the parameter's name and value.
@@ -947,7 +1028,8 @@ mod tests {
             decode_frontend(f).unwrap(),
             Frontend::Parse {
                 name: b"s1",
-                query: b"SELECT $1"
+                query: b"SELECT $1",
+                types: b"\0\0\0\x17",
             }
         );
         let buf = frame(b'B', b"p\0s1\0\0\x01\0\x00\0\x01\0\0\0\x0242\0\x01\0\x01");
@@ -956,9 +1038,14 @@ mod tests {
             decode_frontend(f).unwrap(),
             Frontend::Bind {
                 portal: b"p",
-                statement: b"s1"
+                statement: b"s1",
+                args: b"\0\x01\0\x00\0\x01\0\0\0\x0242\0\x01\0\x01",
             }
         );
+        let Frontend::Bind { args, .. } = decode_frontend(f).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(bind_values(args).unwrap(), vec![(0, Some(&b"42"[..]))]);
         let buf = frame(b'E', b"p\0\0\0\0\x0a");
         let (f, _) = split_frame(&buf, 1 << 20).unwrap().unwrap();
         assert_eq!(

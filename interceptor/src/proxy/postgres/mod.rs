@@ -24,6 +24,7 @@
 pub mod codec;
 pub mod error;
 pub mod mask;
+pub mod params;
 pub mod session;
 pub mod upstream;
 

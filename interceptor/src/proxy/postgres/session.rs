@@ -710,6 +710,11 @@ async fn plain_scram_leg(
 /// A prepared statement as judged at Parse time.
 struct StmtInfo {
     text: String,
+    /// Declared parameter types.
+    param_types: Vec<u32>,
+    /// The Bind arguments recorded with the Parse event (the first
+    /// execution's, when the client sent them together).
+    parse_args: Option<Vec<u8>>,
     /// The settings the server read it under.
     lexing: Lexing,
     label: Option<String>,
@@ -724,8 +729,18 @@ struct StmtInfo {
 }
 
 impl StmtInfo {
-    fn claim_parse_seq(&self) -> Option<i64> {
-        if self.parse_seq.is_some() && !self.parse_seq_taken.swap(true, Ordering::Relaxed) {
+    /// The Parse event stands for the first execution when it recorded
+    /// that execution's parameters (or there are none); otherwise the
+    /// execution gets an event of its own, with its parameters.
+    fn claim_parse_seq(&self, args: &[u8]) -> Option<i64> {
+        let recorded = match &self.parse_args {
+            Some(a) => a.as_slice() == args,
+            None => codec::bind_values(args).is_ok_and(|v| v.is_empty()),
+        };
+        if recorded
+            && self.parse_seq.is_some()
+            && !self.parse_seq_taken.swap(true, Ordering::Relaxed)
+        {
             self.parse_seq
         } else {
             None
@@ -879,6 +894,8 @@ impl Pipeline {
 struct Portal {
     stmt: Option<Arc<StmtInfo>>,
     statement: Vec<u8>,
+    /// Its bound parameters, for the record.
+    params: Option<serde_json::Value>,
     seq: Option<i64>,
     executed: bool,
 }
@@ -914,16 +931,16 @@ impl Front<'_> {
             }
             let next = if waiting && self.st.pipe.has_outcomes() {
                 tokio::select! {
-                    r = self.input.next() => r,
+                    r = self.input.next_and_peek() => r,
                     _ = tokio::time::sleep(OUTCOME_DELAY) => {
                         self.st.pipe.record_outcomes(&self.st.shared).await;
                         continue;
                     }
                 }
             } else {
-                self.input.next().await
+                self.input.next_and_peek().await
             };
-            let Some(frame) = next.map_err(PgError::client)? else {
+            let Some((frame, following)) = next.map_err(PgError::client)? else {
                 return Ok("client closed the connection".into());
             };
             self.st
@@ -931,7 +948,7 @@ impl Front<'_> {
                 .up
                 .fetch_add(frame.raw.len() as u64, Ordering::Relaxed);
             let msg = codec::decode_frontend(frame).map_err(PgError::client)?;
-            if let Some(reason) = self.st.handle(msg, frame).await? {
+            if let Some(reason) = self.st.handle(msg, frame, following).await? {
                 self.st.out.flush().await.map_err(PgError::ServerIo)?;
                 return Ok(reason);
             }
@@ -949,6 +966,7 @@ impl FrontState<'_> {
         &mut self,
         msg: Frontend<'_>,
         frame: Frame<'_>,
+        following: Option<Frame<'_>>,
     ) -> Result<Option<String>, PgError> {
         match msg {
             Frontend::Query(text) => {
@@ -956,14 +974,26 @@ impl FrontState<'_> {
                     self.query(text, frame.raw).await?;
                 }
             }
-            Frontend::Parse { name, query } => {
+            Frontend::Parse { name, query, types } => {
                 if !self.discarding {
-                    self.parse(name, query, frame.raw).await?;
+                    // The Bind that follows (drivers send them together):
+                    // its parameters are recorded with the statement.
+                    let bind = following.and_then(|f| match codec::decode_frontend(f) {
+                        Ok(Frontend::Bind {
+                            statement, args, ..
+                        }) if statement == name => Some(args),
+                        _ => None,
+                    });
+                    self.parse(name, query, types, bind, frame.raw).await?;
                 }
             }
-            Frontend::Bind { portal, statement } => {
+            Frontend::Bind {
+                portal,
+                statement,
+                args,
+            } => {
                 if !self.discarding {
-                    self.bind(portal, statement, frame.raw).await?;
+                    self.bind(portal, statement, args, frame.raw).await?;
                 }
             }
             Frontend::Execute { portal, .. } => {
@@ -1057,6 +1087,7 @@ impl FrontState<'_> {
         &mut self,
         sql: &[u8],
         kind: &'static str,
+        detail: Option<serde_json::Value>,
     ) -> Result<(String, Classified, Option<Judgement>, Lexing), PgError> {
         let lexing = self.lexing_for(sql).await?;
         let (text, classified) = match lexing {
@@ -1079,7 +1110,13 @@ impl FrontState<'_> {
             Ok(stmts) if stmts.is_empty() => {
                 return Ok((text, classified.clone(), None, lexing));
             }
-            Ok(stmts) => stmts.iter().map(|s| sql_op(s, kind, lexing)).collect(),
+            Ok(stmts) => stmts
+                .iter()
+                .map(|s| Op {
+                    detail: detail.clone(),
+                    ..sql_op(s, kind, lexing)
+                })
+                .collect(),
             Err(e) => {
                 error = e.to_string();
                 vec![Op {
@@ -1091,7 +1128,7 @@ impl FrontState<'_> {
                     text: &text,
                     label: Some("unparsed".into()),
                     shape: None,
-                    detail: None,
+                    detail,
                     lexing: Some(lexing),
                 }]
             }
@@ -1112,7 +1149,7 @@ impl FrontState<'_> {
     }
 
     async fn query(&mut self, sql: &[u8], raw: &[u8]) -> Result<(), PgError> {
-        match self.judge_sql(sql, "statement").await?.2 {
+        match self.judge_sql(sql, "statement", None).await?.2 {
             Some(j) if !j.allowed => {
                 self.pipe.push(Pending::Query {
                     seqs: Vec::new(),
@@ -1144,8 +1181,19 @@ impl FrontState<'_> {
         )
     }
 
-    async fn parse(&mut self, name: &[u8], query: &[u8], raw: &[u8]) -> Result<(), PgError> {
-        let (query, classified, judged, lexing) = self.judge_sql(query, "statement").await?;
+    async fn parse(
+        &mut self,
+        name: &[u8],
+        query: &[u8],
+        types: &[u8],
+        bind: Option<&[u8]>,
+        raw: &[u8],
+    ) -> Result<(), PgError> {
+        let param_types = super::params::types(types);
+        let params = bind.and_then(|a| super::params::json(a, &param_types, self.gate.masks()));
+        let detail = params.map(|p| serde_json::json!({ "params": p }));
+        let (query, classified, judged, lexing) =
+            self.judge_sql(query, "statement", detail).await?;
         self.last_described = None;
         if let Some(j) = judged.as_ref().filter(|j| !j.allowed) {
             self.pipe.push(Pending::Parse {
@@ -1167,6 +1215,8 @@ impl FrontState<'_> {
         };
         let info = Arc::new(StmtInfo {
             lexing,
+            param_types,
+            parse_args: bind.map(<[u8]>::to_vec),
             text: query,
             label,
             error: classified.as_ref().as_ref().err().map(|e| e.to_string()),
@@ -1197,9 +1247,20 @@ impl FrontState<'_> {
         self.send(raw).await
     }
 
-    async fn bind(&mut self, portal: &[u8], statement: &[u8], raw: &[u8]) -> Result<(), PgError> {
+    async fn bind(
+        &mut self,
+        portal: &[u8],
+        statement: &[u8],
+        args: &[u8],
+        raw: &[u8],
+    ) -> Result<(), PgError> {
         let stmt = lock(&self.pipe.statements).get(statement).cloned();
-        let seq = stmt.as_ref().and_then(|s| s.claim_parse_seq());
+        let seq = stmt.as_ref().and_then(|s| s.claim_parse_seq(args));
+        let types = stmt
+            .as_ref()
+            .map(|s| s.param_types.as_slice())
+            .unwrap_or_default();
+        let params = super::params::json(args, types, self.gate.masks());
         if self.portals.len() >= MAX_TRACKED && !self.portals.contains_key(portal) {
             self.portals.retain(|k, _| k.is_empty());
         }
@@ -1208,6 +1269,7 @@ impl FrontState<'_> {
             Portal {
                 stmt,
                 statement: statement.to_vec(),
+                params,
                 seq,
                 executed: false,
             },
@@ -1242,25 +1304,28 @@ impl FrontState<'_> {
     /// decision) for later ones. A portal runs its statement once, so its
     /// further Executes (fetching more rows) add no event.
     async fn execution_seq(&mut self, portal: &[u8]) -> Result<Option<i64>, PgError> {
-        let (stmt, statement, known) = match self.portals.get_mut(portal) {
+        let (stmt, statement, params, known) = match self.portals.get_mut(portal) {
             Some(p) if p.executed => return Ok(p.seq),
             Some(p) => {
                 p.executed = true;
                 if p.seq.is_some() {
                     return Ok(p.seq);
                 }
-                (p.stmt.clone(), p.statement.clone(), true)
+                (p.stmt.clone(), p.statement.clone(), p.params.clone(), true)
             }
-            None => (None, Vec::new(), false),
+            None => (None, Vec::new(), None, false),
         };
         let seq = match &stmt {
             Some(info) => match &info.decision {
                 None => None, // empty statement: nothing runs
                 Some(decision) => {
-                    let detail = serde_json::json!({
+                    let mut detail = serde_json::json!({
                         "statement": String::from_utf8_lossy(&statement),
                         "parse_seq": info.parse_seq,
                     });
+                    if let Some(p) = params {
+                        detail["params"] = p;
+                    }
                     let operation = match (&*info.classified, &info.error) {
                         (Ok(s), _) if !s.is_empty() => Operation::Sql(&s[0]),
                         (_, e) => Operation::SqlUnparsed {
