@@ -619,9 +619,12 @@ pub fn ready_status(body: &[u8]) -> Result<u8, CodecError> {
     }
 }
 
-/// A Bind's parameter values: each with its format (0 text, 1 binary);
-/// `None` is SQL NULL.
-pub fn bind_values(args: &[u8]) -> Result<Vec<(i16, Option<&[u8]>)>, CodecError> {
+/// One bound parameter: its format (0 text, 1 binary) and value (`None`
+/// is SQL NULL).
+pub type BindValue<'a> = (i16, Option<&'a [u8]>);
+
+/// A Bind's parameter values.
+pub fn bind_values(args: &[u8]) -> Result<Vec<BindValue<'_>>, CodecError> {
     let mut c = Cursor::new(args, "Bind");
     let nfmt = c.i16()?;
     if nfmt < 0 {
