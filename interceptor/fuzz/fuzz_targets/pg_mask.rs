@@ -1,11 +1,11 @@
 #![no_main]
 //! Random result descriptions (built-in and unknown type OIDs, text and
 //! binary format, columns forced masked or not) and random values under
-//! them, then random COPY data under random COPY options. Nothing may
-//! panic; a rewritten DataRow must be a well-formed message with as many
-//! values as before; no value of a masked or detected column may leave
-//! with a detector finding in it; masked COPY data must be whole CopyData
-//! messages.
+//! them, then random COPY data under random COPY options (and random COPY
+//! statements through their parser). Nothing may panic; a rewritten
+//! DataRow must be a well-formed message with as many values as before;
+//! no value of a masked or detected column may leave with a detector
+//! finding in it; masked COPY data must be whole CopyData messages.
 
 use interceptor::proxy::postgres::{codec, mask};
 
@@ -99,7 +99,9 @@ fn copy(head: u8, rest: &[u8]) {
     let masks = &mask::all_detectors();
     let split = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
     let (opts, data) = rest.split_at(split);
-    let Ok(format) = mask::copy_options(&String::from_utf8_lossy(opts), head & 1 != 0) else {
+    let opts = String::from_utf8_lossy(opts);
+    let _ = mask::copy_statement_format(&opts, head & 1 != 0);
+    let Ok(format) = mask::copy_options(&opts, head & 1 != 0) else {
         return;
     };
     let ncols = (head >> 1 & 3) as i16 + 1;

@@ -3,6 +3,7 @@
 //! NULL string exactly, so anything not understood is an error.
 
 use super::copy::CopyFormat;
+
 /// Why COPY options were not understood (the statement should be refused
 /// while masks are active: its data could not be parsed safely).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,11 +23,14 @@ enum Tok {
     Punct(u8),
 }
 
-/// Splits the options into tokens: whitespace and comments skipped,
-/// strings decoded (`'…'` with `''`; backslash escapes in `E'…'`, and in
-/// `'…'` when `standard_conforming_strings` is off). Dollar quotes,
-/// `U&'…'` strings and anything unexpected are errors.
-fn tokens(sql: &str, scs: bool) -> Result<Vec<Tok>, CopyOptionsError> {
+/// Splits SQL into tokens: whitespace and comments skipped, strings
+/// decoded (`'…'` with `''`; backslash escapes in `E'…'`, and in `'…'`
+/// when `standard_conforming_strings` is off). `U&'…'` strings are errors.
+/// Strict (the options): dollar quotes, prefixed strings and anything
+/// unexpected are errors too. Lenient (the statement around them, which is
+/// only skipped): dollar quotes and `B'…'`/`X'…'`/`N'…'` are strings,
+/// other characters punctuation.
+fn tokens(sql: &str, scs: bool, lenient: bool) -> Result<Vec<Tok>, CopyOptionsError> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -86,23 +90,66 @@ fn tokens(sql: &str, scs: bool) -> Result<Vec<Tok>, CopyOptionsError> {
                 }
             }
             out.push(Tok::Word(String::from_utf8_lossy(&s).into_owned()));
-        } else if c.is_ascii_alphabetic() || c == b'_' {
+        } else if lenient
+            && b.get(i + 1) == Some(&b'\'')
+            && matches!(c, b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
+        {
+            let (s, next) = string(b, i + 2, false)?;
+            i = next;
+            out.push(Tok::Str(s));
+        } else if lenient && c == b'$' {
+            // `$1` (a parameter) or a dollar quote `$tag$…$tag$`.
+            let mut j = i + 1;
+            if b.get(j).is_some_and(u8::is_ascii_digit) {
+                while b.get(j).is_some_and(u8::is_ascii_digit) {
+                    j += 1;
+                }
+                out.push(Tok::Word(sql[i..j].to_string()));
+                i = j;
+                continue;
+            }
+            while b
+                .get(j)
+                .is_some_and(|x| x.is_ascii_alphanumeric() || *x == b'_' || *x >= 0x80)
+            {
+                j += 1;
+            }
+            if b.get(j) != Some(&b'$') {
+                return opt_err("a stray $");
+            }
+            let tag = &b[i..=j];
+            let body = j + 1;
+            let Some(end) = b[body..].windows(tag.len()).position(|w| w == tag) else {
+                return opt_err("unterminated dollar quote");
+            };
+            out.push(Tok::Str(b[body..body + end].to_vec()));
+            i = body + end + tag.len();
+        } else if c.is_ascii_alphabetic() || c == b'_' || (lenient && c >= 0x80) {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'_'
+                    || b[i] == b'$'
+                    || (lenient && b[i] >= 0x80))
+            {
                 i += 1;
             }
             if b.get(i) == Some(&b'&') || b.get(i) == Some(&b'\'') {
                 return opt_err("U& or prefixed string constant");
             }
             out.push(Tok::Word(sql[start..i].to_ascii_lowercase()));
-        } else if c.is_ascii_digit() || c == b'-' || c == b'+' || c == b'.' {
+        } else if c.is_ascii_digit()
+            || (!lenient && matches!(c, b'-' | b'+' | b'.'))
+            || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
             let start = i;
             i += 1;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
                 i += 1;
             }
             out.push(Tok::Num(sql[start..i].to_string()));
-        } else if matches!(c, b'(' | b')' | b',' | b'*' | b';' | b'=') {
+        } else if matches!(c, b'(' | b')' | b',' | b'*' | b';' | b'=') || (lenient && c.is_ascii())
+        {
             out.push(Tok::Punct(c));
             i += 1;
         } else {
@@ -277,23 +324,110 @@ pub fn copy_options(
     sql: &str,
     standard_conforming_strings: bool,
 ) -> Result<CopyFormat, CopyOptionsError> {
-    let mut t = tokens(sql, standard_conforming_strings)?;
-    if t.last() == Some(&Tok::Punct(b';')) {
-        t.pop();
-    }
-    let mut o = Opts::default();
-    let mut i = 0;
-    if t.first() == Some(&Tok::Word("with".into())) {
-        i = 1;
-    }
-    let word = |t: &[Tok], i: usize| match t.get(i) {
+    options(&tokens(sql, standard_conforming_strings, false)?, false)
+}
+
+fn word(t: &[Tok], i: usize) -> Option<String> {
+    match t.get(i) {
         Some(Tok::Word(w)) => Some(w.clone()),
         _ => None,
+    }
+}
+
+/// The index after the `)` that closes the `(` at `i`.
+fn skip_parens(t: &[Tok], mut i: usize) -> Result<usize, CopyOptionsError> {
+    let mut depth = 0usize;
+    loop {
+        match t.get(i) {
+            None => return opt_err("unbalanced parentheses"),
+            Some(Tok::Punct(b'(')) => depth += 1,
+            Some(Tok::Punct(b')')) => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+}
+
+/// The data format of a whole `COPY { table [(columns)] | (query) } TO
+/// STDOUT [options]` statement (`COPY BINARY table TO STDOUT`, the old
+/// syntax, included). The table or query is skipped token by token
+/// (strings, dollar quotes and comments understood), so `TO STDOUT` inside
+/// the query is not taken for the statement's. Errors: not a COPY … TO
+/// STDOUT (COPY FROM, TO a file or program), or options not understood.
+pub fn copy_statement_format(
+    sql: &str,
+    standard_conforming_strings: bool,
+) -> Result<CopyFormat, CopyOptionsError> {
+    let t = tokens(sql, standard_conforming_strings, true)?;
+    if word(&t, 0).as_deref() != Some("copy") {
+        return opt_err("not a COPY statement");
+    }
+    let mut i = 1;
+    let binary = word(&t, i).as_deref() == Some("binary");
+    if binary {
+        i += 1;
+    }
+    if t.get(i) == Some(&Tok::Punct(b'(')) {
+        i = skip_parens(&t, i)?;
+    } else {
+        if word(&t, i).is_none() {
+            return opt_err("COPY what?");
+        }
+        i += 1;
+        while t.get(i) == Some(&Tok::Punct(b'.')) && word(&t, i + 1).is_some() {
+            i += 2;
+        }
+        if t.get(i) == Some(&Tok::Punct(b'(')) {
+            i = skip_parens(&t, i)?;
+        }
+    }
+    if word(&t, i).as_deref() != Some("to") {
+        return opt_err("not COPY … TO");
+    }
+    if word(&t, i + 1).as_deref() != Some("stdout") {
+        return opt_err("COPY TO a file or a program, not STDOUT");
+    }
+    options(&t[i + 2..], binary)
+}
+
+/// The options from their tokens (`binary`: the statement said `COPY
+/// BINARY table`).
+fn options(t: &[Tok], binary: bool) -> Result<CopyFormat, CopyOptionsError> {
+    let t = match t.last() {
+        Some(Tok::Punct(b';')) => &t[..t.len() - 1],
+        _ => t,
     };
+    let mut o = Opts::default();
+    if binary {
+        o.set_format("binary")?;
+    }
+    let mut i = 0;
+    // `[USING] DELIMITERS 'x'` (old syntax, before WITH).
+    if word(t, i).as_deref() == Some("using") {
+        i += 1;
+    }
+    if word(t, i).as_deref() == Some("delimiters") {
+        o.once("delimiter")?;
+        match t.get(i + 1) {
+            Some(Tok::Str(s)) => o.delimiter = Some(s.clone()),
+            _ => return opt_err("DELIMITERS needs a string constant"),
+        }
+        i += 2;
+    } else if i == 1 {
+        return opt_err("USING what?");
+    }
+    if word(t, i).as_deref() == Some("with") {
+        i += 1;
+    }
     if t.get(i) == Some(&Tok::Punct(b'(')) {
         i += 1;
         loop {
-            let Some(name) = word(&t, i) else {
+            let Some(name) = word(t, i) else {
                 return opt_err("expected an option name");
             };
             i += 1;
@@ -323,12 +457,12 @@ pub fn copy_options(
         }
     } else {
         while i < t.len() {
-            let Some(w) = word(&t, i) else {
+            let Some(w) = word(t, i) else {
                 return opt_err("expected an option keyword");
             };
             i += 1;
             let str_arg = |i: &mut usize| -> Result<Vec<u8>, CopyOptionsError> {
-                if word(&t, *i).as_deref() == Some("as") {
+                if word(t, *i).as_deref() == Some("as") {
                     *i += 1;
                 }
                 match t.get(*i) {
@@ -365,16 +499,16 @@ pub fn copy_options(
                 }
                 "force" => {
                     // FORCE QUOTE {* | cols}, FORCE NOT NULL cols, FORCE NULL cols.
-                    match word(&t, i).as_deref() {
+                    match word(t, i).as_deref() {
                         Some("quote") | Some("null") => i += 1,
-                        Some("not") if word(&t, i + 1).as_deref() == Some("null") => i += 2,
+                        Some("not") if word(t, i + 1).as_deref() == Some("null") => i += 2,
                         _ => return opt_err("FORCE what?"),
                     }
                     if t.get(i) == Some(&Tok::Punct(b'*')) {
                         i += 1;
                     } else {
                         loop {
-                            if word(&t, i).is_none() {
+                            if word(t, i).is_none() {
                                 return opt_err("FORCE needs column names");
                             }
                             i += 1;

@@ -31,6 +31,12 @@
 //! something, becomes NULL. So a value in which a detector finds something
 //! never leaves with it in clear, and a masked column never leaves a
 //! non-NULL value unchanged.
+//!
+//! COPY OUT data is masked by a [`CopyPlan`] (the statement's options from
+//! [`copy_statement_format`] or [`copy_options`]), server texts by
+//! [`mask_error`], [`withhold_error`] and [`mask_notification`]. Nothing
+//! here panics or allocates by a length the server announces; the
+//! `pg_mask` fuzz target holds it to that and to the invariants above.
 
 mod binary;
 mod copy;
@@ -44,8 +50,10 @@ use policy::ActiveMasks;
 use super::codec::{self, CodecError, DataRowIter};
 use value::{Mode, Repl};
 
-pub use copy::{BINARY_COPY_REFUSED, CopyFormat, CopyOut, CopyPlan, binary_copy_refused};
-pub use copy_options::{CopyOptionsError, copy_options};
+pub use copy::{
+    BINARY_COPY_REFUSED, CopyFormat, CopyOut, CopyPlan, MAX_PENDING_ROW, binary_copy_refused,
+};
+pub use copy_options::{CopyOptionsError, copy_options, copy_statement_format};
 
 /// How one column's values are masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

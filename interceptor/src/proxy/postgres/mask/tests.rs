@@ -1222,6 +1222,63 @@ fn copy_options_in_both_syntaxes() {
 }
 
 #[test]
+fn copy_statement_formats() {
+    let ok = |s: &str| copy_statement_format(s, true).unwrap_or_else(|e| panic!("{s}: {e}"));
+    assert_eq!(ok("COPY users TO STDOUT"), CopyFormat::text());
+    assert_eq!(
+        ok("copy public.users (a, \"B\") to stdout with csv;"),
+        CopyFormat::csv()
+    );
+    assert_eq!(ok("COPY BINARY users TO STDOUT"), CopyFormat::Binary);
+    assert_eq!(
+        ok("COPY users TO STDOUT USING DELIMITERS '|'"),
+        CopyFormat::Text {
+            delimiter: b'|',
+            null: b"\\N".to_vec()
+        }
+    );
+    assert_eq!(
+        ok("COPY users TO STDOUT DELIMITERS ';' WITH CSV"),
+        CopyFormat::Csv {
+            delimiter: b';',
+            quote: b'"',
+            escape: b'"',
+            null: vec![]
+        }
+    );
+    // `TO STDOUT` and parentheses inside the query are the query's.
+    assert_eq!(
+        ok(
+            "COPY (SELECT ')) TO STDOUT (FORMAT binary)', $x$ TO STDOUT $x$, a::text || b, $1 \
+            FROM t WHERE x <> 'y' /* ) TO STDOUT */) TO STDOUT (FORMAT csv, DELIMITER E'\\t')"
+        ),
+        CopyFormat::Csv {
+            delimiter: b'\t',
+            quote: b'"',
+            escape: b'"',
+            null: vec![]
+        }
+    );
+    assert_eq!(
+        ok("COPY (SELECT 'ü', X'ff', größe FROM t) TO STDOUT"),
+        CopyFormat::text()
+    );
+    for bad in [
+        "COPY users FROM STDIN",
+        "COPY users TO '/tmp/x'",
+        "COPY users TO PROGRAM 'cat'",
+        "SELECT 1",
+        "COPY BINARY users TO STDOUT (FORMAT csv)",
+        "COPY (SELECT 1 TO STDOUT",
+        "COPY (SELECT $x$ 1) TO STDOUT",
+        "COPY (SELECT U&'\\0041') TO STDOUT",
+        "COPY users TO STDOUT USING ','",
+    ] {
+        assert!(copy_statement_format(bad, true).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn copy_response_decoder() {
     assert_eq!(
         codec::copy_response(&copy_response(2)).unwrap(),
