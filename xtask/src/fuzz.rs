@@ -23,7 +23,7 @@ pub const SMOKE_SECS: u32 = 20;
 pub const TARGETS: [(&str, &[&str]); 2] = [
     (
         "interceptor",
-        &["pg_frontend", "pg_backend", "mysql_packet"],
+        &["pg_frontend", "pg_backend", "pg_mask", "mysql_packet"],
     ),
     (
         "policy",

@@ -15,7 +15,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let _ = codec::check_backend(frame);
         match frame.tag {
             b'T' => {
-                if let Ok(p) = mask::RowPlan::new(frame.body, &masks) {
+                if let Ok(p) = mask::RowPlan::new(frame.body, &masks, &[]) {
                     plan = p;
                 }
             }

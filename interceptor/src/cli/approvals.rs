@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 
 use super::Paths;
+use super::output;
 use crate::control::Request;
 use crate::control::client::{Client, ClientError};
 use crate::record::store::ApprovalRow;
@@ -62,7 +63,7 @@ pub fn run(cmd: &ApprovalsCommand, paths: &Paths) -> Result<ExitCode> {
                 println!("no {}approval requests", if *all { "" } else { "pending " });
             }
             for r in rows {
-                print_row(&r);
+                print!("{}", output::approval(&r));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -105,64 +106,15 @@ pub fn run(cmd: &ApprovalsCommand, paths: &Paths) -> Result<ExitCode> {
                     Err(e) => return Err(e.into()),
                 };
                 if !resp.ok {
-                    eprintln!("{}", resp.error.unwrap_or_default());
+                    eprintln!("{}", output::esc(&resp.error.unwrap_or_default()));
                     continue;
                 }
                 if *json {
                     println!("{}", resp.data);
                 } else {
-                    let d = &resp.data;
-                    println!(
-                        "#{} session {} {} {} (rule {}): {}\n    approve: interceptor approvals approve {}   deny: interceptor approvals deny {}",
-                        d["id"],
-                        d["session_id"],
-                        d["cgroup"].as_str().unwrap_or("-"),
-                        d["destination"].as_str().unwrap_or("-"),
-                        d["rule"].as_str().unwrap_or("-"),
-                        d["operation"].as_str().unwrap_or(""),
-                        d["id"],
-                        d["id"]
-                    );
+                    print!("{}", output::approval_event(&resp.data));
                 }
             }
         }
-    }
-}
-
-fn print_row(r: &ApprovalRow) {
-    println!(
-        "#{}  {}  session {}  {}  {} → {}  expires {}",
-        r.id, r.status, r.session_id, r.protocol, r.cgroup, r.destination, r.expires_at
-    );
-    println!(
-        "    rule: {}  ({})",
-        r.rule.as_deref().unwrap_or("-"),
-        r.reason
-    );
-    if let Some(repo) = &r.repository {
-        println!(
-            "    identity: {repo}@{} run {} by {}",
-            r.sha.as_deref().unwrap_or("-"),
-            r.run_id.as_deref().unwrap_or("-"),
-            r.actor.as_deref().unwrap_or("-")
-        );
-    }
-    println!(
-        "    process: pid {} {}",
-        r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-        r.exe.as_deref().unwrap_or("-")
-    );
-    for l in r.operation.lines() {
-        println!("    | {l}");
-    }
-    if let Some(by) = &r.decided_by {
-        println!(
-            "    decided by {by} at {}{}",
-            r.decided_at.as_deref().unwrap_or("-"),
-            r.decision_reason
-                .as_deref()
-                .map(|x| format!(": {x}"))
-                .unwrap_or_default()
-        );
     }
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::Paths;
+use super::output;
 use crate::control::Request;
 use crate::control::client::Client;
 
@@ -51,23 +52,7 @@ pub fn run(a: &EnrollArgs, paths: &Paths) -> Result<ExitCode> {
                 println!("no enrollments");
             }
             for r in rows {
-                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-                let claims = &r["claims"];
-                println!(
-                    "#{}  {}  {}  {}  {}  repository {}  sha {}  expires {}{}",
-                    r["id"],
-                    s("at"),
-                    s("status"),
-                    s("cgroup_path"),
-                    s("subject"),
-                    claims["repository"].as_str().unwrap_or("-"),
-                    claims["sha"].as_str().unwrap_or("-"),
-                    r["expires_at"],
-                    r["reason"]
-                        .as_str()
-                        .map(|x| format!("  reason: {x}"))
-                        .unwrap_or_default()
-                );
+                print!("{}", output::enrollment(&r));
             }
         }
         return Ok(ExitCode::SUCCESS);
@@ -90,7 +75,7 @@ pub fn run(a: &EnrollArgs, paths: &Paths) -> Result<ExitCode> {
         } else {
             println!(
                 "revoked the enrollment of {}",
-                data["cgroup"].as_str().unwrap_or("-")
+                output::esc(data["cgroup"].as_str().unwrap_or("-"))
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -122,18 +107,7 @@ pub fn run(a: &EnrollArgs, paths: &Paths) -> Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&data)?);
     } else {
-        println!(
-            "enrolled {} as {} (issuer {}), until unix time {}",
-            data["cgroup"].as_str().unwrap_or("-"),
-            data["subject"].as_str().unwrap_or("-"),
-            data["issuer"].as_str().unwrap_or("-"),
-            data["expires_at"]
-        );
-        if let Some(c) = data["claims"].as_object() {
-            for (k, v) in c {
-                println!("  {k:<18}{}", v.as_str().unwrap_or_default());
-            }
-        }
+        print!("{}", output::enrolled(&data));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -150,7 +150,8 @@ pub fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("interceptor: error: {e:#}");
+            // Errors can quote the daemon's answers (paths, claims, texts).
+            eprintln!("interceptor: error: {}", output::esc(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -183,11 +184,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let data = Client::connect(&paths.socket)?.call(&req)?;
             let r: AttachResult =
                 serde_json::from_value(data).context("reading the daemon's answer")?;
-            if verb == "detached" && !r.changed {
-                println!("{} was not attached", r.cgroup);
-            } else {
-                println!("{verb} {} (cgroup id {})", r.cgroup, r.cgroup_id);
-            }
+            print!("{}", output::attach_result(&r, verb));
             Ok(ExitCode::SUCCESS)
         }
         Command::Status {
@@ -199,28 +196,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
-                println!("pid {pid} ({})", s("exe"));
-                println!("  cgroup     {}", s("cgroup"));
-                println!("  unit       {}", s("unit"));
-                match v["attached"].as_str() {
-                    Some(a) => println!("  intercepted: yes (attached cgroup {a})"),
-                    None => println!(
-                        "  intercepted: no (no attached cgroup covers it; `interceptor attach --pid {pid}` would attach {})",
-                        s("cgroup")
-                    ),
-                }
-                match v["identity"].as_object() {
-                    Some(i) => println!(
-                        "  identity   {} (repository {}, enrolled at {})",
-                        i.get("subject").and_then(|x| x.as_str()).unwrap_or("-"),
-                        i.get("repository").and_then(|x| x.as_str()).unwrap_or("-"),
-                        i.get("enrolled_cgroup")
-                            .and_then(|x| x.as_str())
-                            .unwrap_or("-")
-                    ),
-                    None => println!("  identity   none enrolled"),
-                }
+                print!("{}", output::where_is(*pid, &v));
             }
             Ok(ExitCode::SUCCESS)
         }

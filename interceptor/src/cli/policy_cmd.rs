@@ -11,6 +11,7 @@ use policy::{Dialect, Identity, Operation, Protocol, Target, Verdict, Workload};
 use serde::Serialize;
 
 use super::Paths;
+use super::output;
 use crate::control::Request;
 use crate::control::client::Client;
 
@@ -94,11 +95,48 @@ struct CheckResult {
     reason: String,
 }
 
+/// The human form of `policy check`: the verdict and the operation on one
+/// line (an operation of several lines below it, each line with a `| `
+/// prefix), its kinds, rule, reason and message, escaped.
+fn check_text(results: &[CheckResult]) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    for r in results {
+        let verdict = r.verdict.as_str().to_uppercase();
+        if r.operation.trim_end_matches('\n').contains('\n') {
+            let _ = writeln!(o, "{verdict}");
+            o.push_str(&output::block("  | ", &r.operation));
+        } else {
+            let _ = writeln!(o, "{verdict}  {}", output::esc(&r.operation));
+        }
+        if !r.statement_kinds.is_empty() {
+            let _ = writeln!(
+                o,
+                "  kind:   {}",
+                output::esc(&r.statement_kinds.join(", "))
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  rule:   {}",
+            output::esc(r.rule.as_deref().unwrap_or("(none: default)"))
+        );
+        let _ = writeln!(o, "  why:    {}", output::esc(&r.reason));
+        if let Some(m) = &r.message {
+            let _ = writeln!(o, "  message: {}", output::esc(m));
+        }
+    }
+    o
+}
+
 pub fn run(cmd: &PolicyCommand, paths: &Paths, policy_path: PathBuf) -> Result<ExitCode> {
     match cmd {
         PolicyCommand::Reload => {
             let data = Client::connect(&paths.socket)?.call(&Request::PolicyReload)?;
-            println!("policy reloaded: {}", data.as_str().unwrap_or_default());
+            println!(
+                "policy reloaded: {}",
+                output::esc(data.as_str().unwrap_or_default())
+            );
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Check(args) => check(args, args.policy.clone().unwrap_or(policy_path)),
@@ -245,24 +283,39 @@ fn check(a: &CheckArgs, path: PathBuf) -> Result<ExitCode> {
             )?
         );
     } else {
-        for r in &results {
-            println!("{}  {}", r.verdict.as_str().to_uppercase(), r.operation);
-            if !r.statement_kinds.is_empty() {
-                println!("  kind:   {}", r.statement_kinds.join(", "));
-            }
-            println!(
-                "  rule:   {}",
-                r.rule.as_deref().unwrap_or("(none: default)")
-            );
-            println!("  why:    {}", r.reason);
-            if let Some(m) = &r.message {
-                println!("  message: {m}");
-            }
-        }
+        print!("{}", check_text(&results));
     }
     Ok(ExitCode::from(match overall {
         Verdict::Allow => EXIT_ALLOW,
         Verdict::Deny => EXIT_DENY,
         Verdict::Review => EXIT_REVIEW,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_output_escapes_and_prefixes_multi_line_operations() {
+        let r = |op: &str| CheckResult {
+            operation: op.into(),
+            statement_kinds: vec!["drop\x1b[2J".into()],
+            verdict: Verdict::Deny,
+            rule: Some("r\u{202e}".into()),
+            message: Some("m\r".into()),
+            reason: "why\n  rule:   fake".into(),
+        };
+        let out = check_text(&[r("DROP TABLE users")]);
+        assert!(out.starts_with("DENY  DROP TABLE users\n"), "{out}");
+        assert!(out.contains("kind:   drop\\x1b[2J"));
+        assert!(out.contains("rule:   r\\u{202e}"));
+        assert!(out.contains("why:    why\\n  rule:   fake"));
+        assert_eq!(out.lines().count(), 5);
+        let out = check_text(&[r("SELECT 1;\n  rule:   allowed\nDROP TABLE users")]);
+        assert!(
+            out.starts_with("DENY\n  | SELECT 1;\n  |   rule:   allowed\n  | DROP TABLE users\n"),
+            "{out}"
+        );
+    }
 }

@@ -131,14 +131,7 @@ fn parse_ts(s: &str) -> Option<time::OffsetDateTime> {
 /// Prints the timeline, sleeping between events as they happened.
 fn replay(session: &store::SessionRow, events: &[store::EventRow], speed: f64, no_wait: bool) {
     use std::io::Write;
-    println!(
-        "replaying session {} ({} to {}:{}, {} events, speed {speed}x)",
-        session.id,
-        session.protocol,
-        session.dst_addr,
-        session.dst_port,
-        events.len()
-    );
+    print!("{}", output::replay_header(session, events.len(), speed));
     let mut last = parse_ts(&session.started_at);
     for e in events {
         let at = parse_ts(&e.at);
@@ -157,23 +150,11 @@ fn replay(session: &store::SessionRow, events: &[store::EventRow], speed: f64, n
             (Some(s), Some(a)) => format!("+{:.3}s", (a - s).as_seconds_f64()),
             _ => String::new(),
         };
-        let decision = e.decision.as_deref().unwrap_or("-");
-        println!(
-            "{offset:>10}  #{:<4} {:<10} {decision:<7} {}",
-            e.seq,
-            e.kind,
-            e.text.as_deref().unwrap_or("")
-        );
-        if let Some(err) = &e.error {
-            println!("{:>10}  error: {err}", "");
-        }
+        print!("{}", output::replay_event(&offset, e));
         let _ = std::io::stdout().flush();
     }
-    if let Some(end) = &session.ended_at {
-        println!(
-            "session ended at {end}: {}",
-            session.end_reason.as_deref().unwrap_or("closed")
-        );
+    if let Some(end) = output::replay_end(session) {
+        print!("{end}");
     }
 }
 

@@ -811,6 +811,38 @@ pub fn copy_format(body: &[u8]) -> Result<u8, CodecError> {
     Cursor::new(body, "CopyResponse").u8()
 }
 
+/// A CopyOutResponse / CopyInResponse / CopyBothResponse body: the overall
+/// format (0 textual, 1 binary) and each column's format (0 or 1).
+pub fn copy_response(body: &[u8]) -> Result<(u8, Vec<i16>), CodecError> {
+    let mut c = Cursor::new(body, "CopyResponse");
+    let overall = c.u8()?;
+    if overall > 1 {
+        return Err(CodecError::malformed(
+            "CopyResponse",
+            "format is neither 0 nor 1",
+        ));
+    }
+    let n = c.i16()?;
+    if n < 0 || c.remaining().len() != n as usize * 2 {
+        return Err(CodecError::malformed(
+            "CopyResponse",
+            "column count does not match the formats that follow",
+        ));
+    }
+    let mut formats = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let f = c.i16()?;
+        if f != 0 && f != 1 {
+            return Err(CodecError::malformed(
+                "CopyResponse",
+                "column format is neither 0 nor 1",
+            ));
+        }
+        formats.push(f);
+    }
+    Ok((overall, formats))
+}
+
 /// Decodes a backend message far enough to validate it (what the proxy
 /// reads of each type). For the fuzz target and tests.
 pub fn check_backend(f: Frame<'_>) -> Result<(), CodecError> {
@@ -841,7 +873,7 @@ pub fn check_backend(f: Frame<'_>) -> Result<(), CodecError> {
             backend_key(f.body)?;
         }
         b'H' | b'G' | b'W' => {
-            copy_format(f.body)?;
+            copy_response(f.body)?;
         }
         b'A' => {
             let mut c = Cursor::new(f.body, "NotificationResponse");

@@ -1550,7 +1550,7 @@ impl BackState {
             self.plan = p.clone();
             return Ok(());
         }
-        let p = Arc::new(RowPlan::new(desc, &self.masks).map_err(PgError::server)?);
+        let p = Arc::new(RowPlan::new(desc, &self.masks, &[]).map_err(PgError::server)?);
         if self.plans.len() >= 256 {
             self.plans.clear();
         }
