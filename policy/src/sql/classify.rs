@@ -68,12 +68,16 @@ pub(super) fn from_ast(ast: &Statement, text: &str, dialect: Dialect) -> SqlStat
         c.kinds.truncate(1);
         c.has_where = None;
     }
+    let cols = super::lineage::analyze(ast, dialect);
     SqlStatement {
         text: text.to_owned(),
         kinds: c.kinds,
         tables: c.tables,
         functions: c.functions,
         has_where: c.has_where,
+        columns: cols.columns,
+        all_columns: cols.all_columns,
+        outputs: cols.outputs,
     }
 }
 
@@ -432,6 +436,10 @@ fn fallback(tokens: &[TokenWithSpan], text: &str) -> Option<SqlStatement> {
             tables: Vec::new(),
             functions: Vec::new(),
             has_where: None,
+            // The body runs unseen (and may RAISE NOTICE any value).
+            columns: Vec::new(),
+            all_columns: true,
+            outputs: None,
         }),
         "vacuum" => vacuum(&toks[1..], text),
         _ => None,
@@ -514,6 +522,9 @@ fn copy_fallback(tokens: &[TokenWithSpan], text: &str) -> Option<SqlStatement> {
         tables: vec![name.join(".")],
         functions: Vec::new(),
         has_where: None,
+        columns: super::lineage::unknown().columns,
+        all_columns: true,
+        outputs: super::lineage::unknown().outputs,
     })
 }
 
@@ -636,6 +647,9 @@ fn vacuum(rest: &[&Token], text: &str) -> Option<SqlStatement> {
         tables,
         functions: Vec::new(),
         has_where: None,
+        columns: Vec::new(),
+        all_columns: false,
+        outputs: None,
     })
 }
 
