@@ -136,9 +136,7 @@ fn align(slots: &[Slot], labels: &[&str]) -> Option<Vec<bool>> {
     let last = slots.iter().rposition(is_run).unwrap_or(first);
     let (prefix, rest) = slots.split_at(first);
     let (middle, suffix) = rest.split_at(last + 1 - first);
-    let fixed = prefix.len()
-        + suffix.len()
-        + middle.iter().filter(|s| !is_run(s)).count();
+    let fixed = prefix.len() + suffix.len() + middle.iter().filter(|s| !is_run(s)).count();
     if fixed > n {
         return None;
     }

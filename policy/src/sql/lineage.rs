@@ -23,15 +23,20 @@ use super::Dialect;
 use super::classify::object_name;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
-    AssignmentTarget, AlterTableOperation, CommentObject, ConflictTarget, CopySource, CopyTarget,
+    AlterTableOperation, AssignmentTarget, CommentObject, ConflictTarget, CopySource, CopyTarget,
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Insert, JoinConstraint,
     JoinOperator, ObjectName, ObjectNamePart, OnConflictAction, OnInsert, Query, Select,
     SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableAlias, TableFactor,
-    TableObject, TableWithJoins, UpdateTableFromKind, Values, Visit, Visitor,
+    TableObject, TableWithJoins, UpdateTableFromKind, Value, Values, Visit, Visitor,
     WildcardAdditionalOptions,
 };
 use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
+
+/// Past this many source columns a lineage becomes opaque (keeps the
+/// analysis cheap on hostile statements; no real expression needs more).
+const MAX_SOURCES: usize = 256;
 
 /// Where the values of a result column (or of a run of result columns)
 /// come from.
@@ -84,15 +89,56 @@ impl Lineage {
     }
 
     fn merge(&mut self, other: &Lineage) {
-        for s in &other.sources {
-            self.add_source(s);
-        }
         self.whole_row |= other.whole_row;
         self.opaque |= other.opaque;
+        if other.sources.is_empty() {
+            return;
+        }
+        if self.sources.is_empty() {
+            self.sources.clone_from(&other.sources);
+            return;
+        }
+        if other.sources.len() <= 4 {
+            for s in &other.sources {
+                self.add_source(s);
+            }
+            return;
+        }
+        // Both sorted: merge in one pass.
+        let mine = std::mem::take(&mut self.sources);
+        let mut out = Vec::with_capacity((mine.len() + other.sources.len()).min(MAX_SOURCES));
+        let (mut a, mut b) = (mine.into_iter().peekable(), other.sources.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.as_str().cmp(y.as_str()) {
+                    std::cmp::Ordering::Less => a.next(),
+                    std::cmp::Ordering::Greater => b.next().cloned(),
+                    std::cmp::Ordering::Equal => {
+                        b.next();
+                        a.next()
+                    }
+                },
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next().cloned(),
+                (None, None) => break,
+            };
+            let Some(next) = next else { break };
+            if out.len() >= MAX_SOURCES {
+                self.opaque = true;
+                break;
+            }
+            out.push(next);
+        }
+        self.sources = out;
     }
 
     fn add_source(&mut self, name: &str) {
         if let Err(i) = self.sources.binary_search_by(|s| s.as_str().cmp(name)) {
+            if self.sources.len() >= MAX_SOURCES {
+                // Too many to track cheaply: "anything" is the safe side.
+                self.opaque = true;
+                return;
+            }
             self.sources.insert(i, name.to_owned());
         }
     }
@@ -218,6 +264,21 @@ fn in_place(items: &[OutputItem]) -> Lineage {
     l
 }
 
+/// How much lineage the items hold (the analysis copies it around).
+fn weight(items: &[OutputItem]) -> usize {
+    items
+        .iter()
+        .map(|i| match i {
+            OutputItem::Expr { lineage, .. } => 1 + lineage.sources.len(),
+            OutputItem::Wildcard {
+                expands_to,
+                lineage,
+                ..
+            } => 1 + lineage.sources.len() + expands_to.as_deref().map_or(0, weight),
+        })
+        .sum()
+}
+
 /// Renames the first columns of `items` (a derived table's or CTE's column
 /// alias list). Renaming columns behind a wildcard hides what they are.
 fn rename(items: Vec<OutputItem>, names: &[String]) -> Vec<OutputItem> {
@@ -313,9 +374,45 @@ enum RelKind {
         any: Lineage,
     },
     /// A derived table or CTE with known result items.
-    Derived(Vec<OutputItem>),
+    Derived(Derived),
     /// A table function: every column is computed from this.
     Func(Lineage),
+}
+
+/// A derived table's result, indexed for name lookups.
+#[derive(Debug, Clone)]
+struct Derived {
+    /// Flattened.
+    items: Vec<OutputItem>,
+    /// Lineage of the columns of each (lowercase) name.
+    by_name: HashMap<String, Lineage>,
+    /// Lineage of the unnamed columns and wildcard runs: any name may
+    /// denote them.
+    rest: Lineage,
+}
+
+impl Derived {
+    fn new(items: &[OutputItem]) -> Derived {
+        let items = flatten(items);
+        let mut by_name: HashMap<String, Lineage> = HashMap::new();
+        let mut rest = Lineage::default();
+        for item in &items {
+            match item {
+                OutputItem::Expr {
+                    name: Some(n),
+                    lineage,
+                } => by_name.entry(n.to_lowercase()).or_default().merge(lineage),
+                OutputItem::Expr { lineage, .. } | OutputItem::Wildcard { lineage, .. } => {
+                    rest.merge(lineage)
+                }
+            }
+        }
+        Derived {
+            items,
+            by_name,
+            rest,
+        }
+    }
 }
 
 impl Rel {
@@ -357,23 +454,25 @@ impl Rel {
                 }
                 l
             }
-            RelKind::Derived(items) => {
-                let mut l = Lineage::default();
-                for item in flatten(items) {
-                    match item {
-                        OutputItem::Expr { name: n, lineage } => {
-                            // An unnamed column has a label the server made
-                            // up; it may be referenced by that label.
-                            if n.as_deref().is_none_or(|n| n.eq_ignore_ascii_case(name)) {
-                                l.merge(&lineage);
-                            }
-                        }
-                        OutputItem::Wildcard { lineage, .. } => l.merge(&lineage),
-                    }
+            RelKind::Derived(d) => {
+                // An unnamed column has a label the server made up; it may
+                // be referenced by that label.
+                let mut l = d.rest.clone();
+                if let Some(named) = d.by_name.get(&name.to_lowercase()) {
+                    l.merge(named);
                 }
                 l
             }
             RelKind::Func(l) => l.clone(),
+        }
+    }
+
+    /// Work to resolve a name against it.
+    fn size(&self) -> usize {
+        match &self.kind {
+            RelKind::Base { assigned, .. } => 1 + assigned.len(),
+            RelKind::Derived(_) => 2,
+            RelKind::Func(_) => 1,
         }
     }
 
@@ -388,7 +487,7 @@ impl Rel {
                 l.whole_row = true;
                 l
             }
-            RelKind::Derived(items) => collapse(items),
+            RelKind::Derived(d) => collapse(&d.items),
             RelKind::Func(l) => l.clone(),
         }
     }
@@ -411,9 +510,9 @@ impl Rel {
                 }
                 OutputItem::run(qualifier, l)
             }
-            RelKind::Derived(items) => OutputItem::Wildcard {
+            RelKind::Derived(d) => OutputItem::Wildcard {
                 qualifier,
-                expands_to: Some(items.clone()),
+                expands_to: Some(d.items.clone()),
                 lineage: Lineage::default(),
             },
             RelKind::Func(l) => OutputItem::run(qualifier, l.clone()),
@@ -504,6 +603,9 @@ const DYNAMIC_SQL: &[&str] = &[
     "crosstab3",
     "crosstab4",
     "connectby",
+    // Raw reads of the files tables are stored in.
+    "pg_read_file",
+    "pg_read_binary_file",
 ];
 
 fn last_part(name: &ObjectName) -> String {
@@ -558,6 +660,16 @@ fn join_constraint(op: &JoinOperator) -> Option<&JoinConstraint> {
     }
 }
 
+/// A MySQL `"..."` string, which is an identifier when the session's
+/// `sql_mode` has `ANSI_QUOTES` (the proxy does not know the session's
+/// mode): treated as both.
+fn ansi_quoted(dialect: Dialect, v: &Value) -> Option<&str> {
+    match (dialect, v) {
+        (Dialect::Mysql, Value::DoubleQuotedString(s)) => Some(s),
+        _ => None,
+    }
+}
+
 /// The label a select item gets when the statement decides it.
 fn label_of(e: &Expr) -> Option<String> {
     match e {
@@ -567,23 +679,35 @@ fn label_of(e: &Expr) -> Option<String> {
     }
 }
 
-/// Upper bound on queries analysed per statement (recursive CTEs are
-/// re-analysed until their lineage stops growing).
-const BUDGET: u32 = 20_000;
+/// Upper bound on the work spent on one statement, in queries analysed
+/// (recursive CTEs are re-analysed until their lineage stops growing),
+/// relations scanned to resolve names, and source names copied. Past it everything left is
+/// "unknown": a hostile statement costs little and gains nothing.
+const BUDGET: u64 = 50_000;
+const QUERY_COST: usize = 20;
 /// Rounds of fixed-point iteration for one recursive CTE.
 const CTE_ROUNDS: usize = 8;
 
 struct Analyzer {
-    budget: Cell<u32>,
+    dialect: Dialect,
+    budget: Cell<u64>,
 }
 
 impl Analyzer {
-    fn query(&self, q: &Query, outer: Option<&Scope>) -> Vec<OutputItem> {
+    /// Spends `units` of the budget; `false` once it is exhausted.
+    fn charge(&self, units: usize) -> bool {
         let left = self.budget.get();
-        if left == 0 {
+        let units = u64::try_from(units).unwrap_or(u64::MAX).max(1);
+        self.budget.set(left.saturating_sub(units));
+        left >= units
+    }
+
+    fn query(&self, q: &Query, outer: Option<&Scope>) -> Vec<OutputItem> {
+        // A query costs its select list and FROM items on top of the names
+        // resolved in it.
+        if !self.charge(QUERY_COST) {
             return vec![OutputItem::unknown()];
         }
-        self.budget.set(left - 1);
         let mut frame = Scope::child(outer);
         if let Some(with) = &q.with {
             for cte in &with.cte_tables {
@@ -596,7 +720,11 @@ impl Analyzer {
                 frame.ctes.push((cte.alias.name.value.clone(), items));
             }
         }
-        self.set_expr(&q.body, &frame)
+        let out = self.set_expr(&q.body, &frame);
+        if !self.charge(weight(&out)) {
+            return vec![OutputItem::unknown()];
+        }
+        out
     }
 
     /// A CTE that may reference itself: analyse it with its own result
@@ -639,7 +767,8 @@ impl Analyzer {
                     _ => return vec![OutputItem::unknown()],
                 };
                 let mut f = Scope::child(Some(scope));
-                f.rels.push(self.named_relation(&name, t.schema_name.is_none(), None, scope));
+                f.rels
+                    .push(self.named_relation(&name, t.schema_name.is_none(), None, scope));
                 vec![self.star(None, &f)]
             }
         }
@@ -656,13 +785,15 @@ impl Analyzer {
                 }
             }
         }
-        cols.into_iter().map(|l| OutputItem::expr(None, l)).collect()
+        cols.into_iter()
+            .map(|l| OutputItem::expr(None, l))
+            .collect()
     }
 
     fn select(&self, s: &Select, outer: &Scope) -> Vec<OutputItem> {
         let mut frame = Scope::child(Some(outer));
         for twj in &s.from {
-            self.from_item(twj, &mut frame);
+            self.join_tree(twj, &mut frame);
         }
         if !s.lateral_views.is_empty() {
             frame.rels.push(Rel {
@@ -732,7 +863,10 @@ impl Analyzer {
                 return rels[0].star();
             }
             let items: Vec<OutputItem> = rels.iter().map(Rel::star).collect();
-            let merged = scope.frames().find(|f| !f.rels.is_empty()).is_some_and(|f| f.merged);
+            let merged = scope
+                .frames()
+                .find(|f| !f.rels.is_empty())
+                .is_some_and(|f| f.merged);
             if merged {
                 return OutputItem::run(None, in_place(&items));
             }
@@ -760,7 +894,7 @@ impl Analyzer {
         }
     }
 
-    fn from_item(&self, twj: &TableWithJoins, frame: &mut Scope) {
+    fn join_tree(&self, twj: &TableWithJoins, frame: &mut Scope) {
         self.table_factor(&twj.relation, frame);
         for j in &twj.joins {
             self.table_factor(&j.relation, frame);
@@ -771,7 +905,10 @@ impl Analyzer {
                     let items: Vec<OutputItem> = frame.rels.iter().map(Rel::star).collect();
                     frame.rels.push(Rel {
                         names: vec![alias.value.clone()],
-                        kind: RelKind::Derived(vec![OutputItem::run(None, in_place(&items))]),
+                        kind: RelKind::Derived(Derived::new(&[OutputItem::run(
+                            None,
+                            in_place(&items),
+                        )])),
                     });
                 }
                 _ => {}
@@ -801,7 +938,7 @@ impl Analyzer {
         match scope.cte(name).filter(|_| may_be_cte) {
             Some(items) => Rel {
                 names,
-                kind: RelKind::Derived(rename(items.clone(), &renamed)),
+                kind: RelKind::Derived(Derived::new(&rename(items.clone(), &renamed))),
             },
             None => Rel::base(names, renamed),
         }
@@ -839,7 +976,10 @@ impl Analyzer {
                 let items = self.query(subquery, Some(frame));
                 Rel {
                     names: alias.iter().map(|a| a.name.value.clone()).collect(),
-                    kind: RelKind::Derived(rename(items, &alias_columns(alias.as_ref()))),
+                    kind: RelKind::Derived(Derived::new(&rename(
+                        items,
+                        &alias_columns(alias.as_ref()),
+                    ))),
                 }
             }
             TableFactor::Function {
@@ -877,12 +1017,12 @@ impl Analyzer {
                 alias,
             } => {
                 let Some(alias) = alias else {
-                    self.from_item(table_with_joins, frame);
+                    self.join_tree(table_with_joins, frame);
                     return;
                 };
                 let (rels, merged) = {
                     let mut sub = Scope::child(Some(&*frame));
-                    self.from_item(table_with_joins, &mut sub);
+                    self.join_tree(table_with_joins, &mut sub);
                     (sub.rels, sub.merged)
                 };
                 let items: Vec<OutputItem> = rels.iter().map(Rel::star).collect();
@@ -893,7 +1033,10 @@ impl Analyzer {
                 };
                 Rel {
                     names: vec![alias.name.value.clone()],
-                    kind: RelKind::Derived(rename(items, &alias_columns(Some(alias)))),
+                    kind: RelKind::Derived(Derived::new(&rename(
+                        items,
+                        &alias_columns(Some(alias)),
+                    ))),
                 }
             }
             // PIVOT, UNPIVOT, MATCH_RECOGNIZE, ...: not PostgreSQL or MySQL.
@@ -926,6 +1069,18 @@ impl Analyzer {
 
     /// A reference to column `name` (qualified by `qualifier` if given).
     fn column(&self, qualifier: Option<&str>, name: &str, scope: &Scope) -> Lineage {
+        let cost: usize = scope.frames().flat_map(|f| &f.rels).map(Rel::size).sum();
+        if !self.charge(cost) {
+            return Lineage::unknown();
+        }
+        let l = self.resolve(qualifier, name, scope);
+        if !self.charge(l.sources.len()) {
+            return Lineage::unknown();
+        }
+        l
+    }
+
+    fn resolve(&self, qualifier: Option<&str>, name: &str, scope: &Scope) -> Lineage {
         let mut l = Lineage::column(name);
         match qualifier {
             Some(q) => {
@@ -987,12 +1142,12 @@ impl Analyzer {
             Statement::Update(u) => {
                 let ret = u.returning.as_ref()?;
                 let mut frame = Scope::child(outer);
-                self.from_item(&u.table, &mut frame);
+                self.join_tree(&u.table, &mut frame);
                 if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
                     &u.from
                 {
                     for twj in f {
-                        self.from_item(twj, &mut frame);
+                        self.join_tree(twj, &mut frame);
                     }
                 }
                 let writes: Vec<(Option<String>, String, Lineage)> = u
@@ -1022,7 +1177,7 @@ impl Analyzer {
                 let (sqlparser::ast::FromTable::WithFromKeyword(from)
                 | sqlparser::ast::FromTable::WithoutKeyword(from)) = &d.from;
                 for twj in from.iter().chain(d.using.iter().flatten()) {
-                    self.from_item(twj, &mut frame);
+                    self.join_tree(twj, &mut frame);
                 }
                 Some(self.projection(ret, &frame))
             }
@@ -1138,7 +1293,9 @@ fn targets(t: &AssignmentTarget) -> Vec<(Option<String>, String)> {
     let one = |n: &ObjectName| {
         let q = (n.0.len() > 1).then(|| {
             let full = object_name(n);
-            full.rsplit_once('.').map(|(q, _)| q.to_owned()).unwrap_or_default()
+            full.rsplit_once('.')
+                .map(|(q, _)| q.to_owned())
+                .unwrap_or_default()
         });
         (q, last_part(n))
     };
@@ -1208,8 +1365,11 @@ impl Visitor for ExprWalker<'_, '_> {
                 if let Some((last, quals)) = parts.split_last() {
                     let q: Vec<&str> = quals.iter().map(|i| i.value.as_str()).collect();
                     let q = q.join(".");
-                    self.lin
-                        .merge(&an.column((!q.is_empty()).then_some(&q), &last.value, self.scope));
+                    self.lin.merge(&an.column(
+                        (!q.is_empty()).then_some(&q),
+                        &last.value,
+                        self.scope,
+                    ));
                 }
             }
             Expr::MatchAgainst { columns, .. } => {
@@ -1251,6 +1411,11 @@ impl Visitor for ExprWalker<'_, '_> {
                 .lin
                 .merge(&an.whole_rows(Some(&object_name(n)), self.scope)),
             Expr::Exists { .. } => self.exists = true,
+            Expr::Value(v) => {
+                if let Some(name) = ansi_quoted(an.dialect, &v.value) {
+                    self.lin.merge(&an.column(None, name, self.scope));
+                }
+            }
             _ => {}
         }
         ControlFlow::Continue(())
@@ -1268,21 +1433,23 @@ fn is_wildcard(item: &SelectItem) -> bool {
 
 /// Every column named anywhere in the statement, and whether it may touch
 /// columns it does not name.
-#[derive(Default)]
 struct Names {
+    dialect: Dialect,
     columns: Vec<String>,
+    seen: HashSet<String>,
     all: bool,
-    /// Bare identifiers used as values (possible whole-row references).
-    idents: Vec<String>,
-    /// Names and aliases of the relations in FROM clauses.
-    rels: Vec<String>,
+    /// Bare identifiers used as values (possible whole-row references),
+    /// lowercase.
+    idents: HashSet<String>,
+    /// Names and aliases of the relations in FROM clauses, lowercase.
+    rels: HashSet<String>,
     /// SELECTs that are the body of an `EXISTS`: their `*` is no value.
-    exists_bodies: Vec<*const Select>,
+    exists_bodies: HashSet<*const Select>,
 }
 
 impl Names {
     fn push(&mut self, name: &str) {
-        if !name.is_empty() && !self.columns.iter().any(|c| c == name) {
+        if !name.is_empty() && self.seen.insert(name.to_owned()) {
             self.columns.push(name.to_owned());
         }
     }
@@ -1412,7 +1579,7 @@ impl Visitor for Names {
     }
 
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
-        let in_exists = self.exists_bodies.iter().any(|p| std::ptr::eq(*p, s));
+        let in_exists = self.exists_bodies.contains(&(s as *const Select));
         if !in_exists && s.projection.iter().any(is_wildcard) {
             self.all = true;
         }
@@ -1435,7 +1602,7 @@ impl Visitor for Names {
             TableFactor::Table {
                 name, alias, args, ..
             } => {
-                self.rels.push(last_part(name));
+                self.rels.insert(last_part(name).to_lowercase());
                 match args {
                     Some(_) => self.all |= is_dynamic_sql(name),
                     // `users AS u(a, b)` renames columns by position.
@@ -1460,7 +1627,7 @@ impl Visitor for Names {
             }
         };
         if let Some(a) = alias {
-            self.rels.push(a.name.value.clone());
+            self.rels.insert(a.name.value.to_lowercase());
         }
         ControlFlow::Continue(())
     }
@@ -1469,7 +1636,7 @@ impl Visitor for Names {
         match e {
             Expr::Identifier(i) => {
                 self.push(&i.value);
-                self.idents.push(i.value.clone());
+                self.idents.insert(i.value.to_lowercase());
             }
             Expr::CompoundIdentifier(parts) => {
                 if let Some(last) = parts.last() {
@@ -1502,7 +1669,12 @@ impl Visitor for Names {
             Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => self.all = true,
             Expr::Exists { subquery, .. } => {
                 if let SetExpr::Select(s) = subquery.body.as_ref() {
-                    self.exists_bodies.push(&**s as *const Select);
+                    self.exists_bodies.insert(&**s as *const Select);
+                }
+            }
+            Expr::Value(v) => {
+                if let Some(name) = ansi_quoted(self.dialect, &v.value) {
+                    self.push(name);
                 }
             }
             _ => {}
@@ -1519,14 +1691,20 @@ pub(super) struct ColumnFacts {
 }
 
 /// Analyses one parsed statement.
-pub(super) fn analyze(ast: &Statement, _dialect: Dialect) -> ColumnFacts {
-    let mut names = Names::default();
+pub(super) fn analyze(ast: &Statement, dialect: Dialect) -> ColumnFacts {
+    let mut names = Names {
+        dialect,
+        columns: Vec::new(),
+        seen: HashSet::new(),
+        all: false,
+        idents: HashSet::new(),
+        rels: HashSet::new(),
+        exists_bodies: HashSet::new(),
+    };
     let _ = ast.visit(&mut names);
-    let whole_row_ref = names
-        .idents
-        .iter()
-        .any(|i| names.rels.iter().any(|r| r.eq_ignore_ascii_case(i)));
+    let whole_row_ref = names.idents.iter().any(|i| names.rels.contains(i));
     let an = Analyzer {
+        dialect,
         budget: Cell::new(BUDGET),
     };
     let outputs = an.rows(ast, None);

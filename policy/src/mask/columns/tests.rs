@@ -1,9 +1,9 @@
 use crate::glob::Glob;
 use crate::mask::{ActiveMasks, DetectorSet};
 use crate::sql::{Dialect, SqlStatement, classify};
+use Dialect::{Mysql as My, Postgres as Pg};
 use regex::RegexSet;
 use std::sync::Arc;
-use Dialect::{Mysql as My, Postgres as Pg};
 
 fn masks(globs: &[&str]) -> ActiveMasks {
     let set = RegexSet::new(
@@ -89,7 +89,20 @@ const CASES: &[(Dialect, &str, &str, &str, bool)] = &[
     (Pg, "WITH RECURSIVE r(x) AS (SELECT upper(password) FROM users UNION SELECT x FROM r WHERE false) SELECT x FROM r", "x", "X", true),
     (Pg, "WITH RECURSIVE r(n, v) AS (SELECT 1, ''::text UNION ALL SELECT n + 1, v FROM r WHERE n < 3) SELECT n, v FROM r", "n,v", "..", false),
     (Pg, "WITH RECURSIVE r(n, v) AS (SELECT 1, '' UNION ALL SELECT n + 1, (SELECT ssn FROM people LIMIT 1) FROM r WHERE n < 3) SELECT n, v FROM r", "n,v", ".X", true),
+    // Whole rows in other spellings.
+    (Pg, "SELECT ROW(u.id, u.password) FROM users u", "row", "X", true),
+    (Pg, "SELECT (u.*)::text FROM users u", "text", "X", true),
+    (Pg, "SELECT ARRAY[u.*] FROM users u", "array", "X", true),
+    (Pg, "SELECT (SELECT u) FROM users u", "u", "X", true),
+    (Pg, "SELECT s FROM (SELECT password FROM users) s", "s", "X", true),
+    (Pg, "WITH c AS (SELECT ssn FROM people) SELECT c FROM c", "c", "X", true),
+    (Pg, "SELECT * FROM json_populate_record(null::users, (SELECT row_to_json(u) FROM users u LIMIT 1))", "id,name,password", "XXX", true),
+    (Pg, "SELECT string_agg(x, ',') FROM unnest(ARRAY(SELECT password FROM users)) x", "string_agg", "X", true),
+    (Pg, "SELECT x FROM users u, unnest(ARRAY[u.password]) x", "x", "X", true),
+    (Pg, "SELECT id FROM users WHERE (users.*)::text LIKE '%x%'", "id", ".", true),
     // Dynamic SQL and foreign queries: unknowable.
+    (Pg, "SELECT pg_read_binary_file('base/16384/16385')", "pg_read_binary_file", "X", true),
+    (Pg, "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET x = s.password RETURNING t.x", "x", "X", true),
     (Pg, "SELECT query_to_xml('select password from users', true, true, '')", "query_to_xml", "X", true),
     (Pg, "SELECT id, table_to_xml('users', true, true, '') FROM t", "id,table_to_xml", ".X", true),
     (Pg, "SELECT * FROM dblink('dbname=x', 'select password from users') AS t(p text)", "p", "X", true),
@@ -143,6 +156,8 @@ const CASES: &[(Dialect, &str, &str, &str, bool)] = &[
     (My, "SELECT password p FROM users", "p", "X", true),
     (My, "SELECT upper(password) FROM users", "upper(password)", "X", true),
     (My, "SELECT CONCAT(name, password) AS c FROM users", "c", "X", true),
+    // With ANSI_QUOTES in sql_mode "password" is the column.
+    (My, "SELECT upper(\"password\") FROM users", "upper(\"password\")", "X", true),
     (My, "SELECT `Password` AS `x` FROM users", "x", "X", true),
     (My, "SELECT id, name FROM users", "id,name", "..", false),
     (My, "SELECT * FROM users", "id,name,password", "..X", true),
@@ -236,7 +251,10 @@ fn unalignable_results_mask_everything_not_provably_clean() {
 fn postgres_truncated_labels_still_line_up() {
     let m = masks(&["password*"]);
     let alias = "a".repeat(70);
-    let s = stmt(Pg, &format!("SELECT id AS {alias}, password AS p FROM users"));
+    let s = stmt(
+        Pg,
+        &format!("SELECT id AS {alias}, password AS p FROM users"),
+    );
     let label = &alias[..63];
     assert_eq!(m.masked_columns(Some(&s), &[label, "p"]), [false, true]);
 }
