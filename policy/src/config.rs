@@ -107,6 +107,7 @@ pub(crate) struct RawSqlMatch {
     pub statement: Option<Strings>,
     pub tables: Option<Strings>,
     pub functions: Option<Strings>,
+    pub columns: Option<Strings>,
     pub has_where: Option<bool>,
 }
 
