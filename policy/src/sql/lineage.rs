@@ -608,6 +608,31 @@ const DYNAMIC_SQL: &[&str] = &[
     "pg_read_binary_file",
 ];
 
+/// Functions that accept a single row argument and show it, so that
+/// PostgreSQL's attribute notation `t.row_to_json` (read as
+/// `row_to_json(t)` when `t` has no such column) returns the row. Casts
+/// (`t.text`, `t.name`) are not accepted in that notation.
+const ROW_FUNCTIONS: &[&str] = &[
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+    "hstore",
+    "record_out",
+    "record_send",
+    "quote_literal",
+    "quote_nullable",
+    "json_build_array",
+    "jsonb_build_array",
+    "concat",
+    "json_agg",
+    "jsonb_agg",
+    "array_agg",
+];
+
+fn is_row_function(name: &str) -> bool {
+    ROW_FUNCTIONS.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
 fn last_part(name: &ObjectName) -> String {
     match name.0.last() {
         Some(ObjectNamePart::Identifier(i)) => i.value.clone(),
@@ -1084,8 +1109,14 @@ impl Analyzer {
         let mut l = Lineage::column(name);
         match qualifier {
             Some(q) => {
+                // PostgreSQL reads `t.f` as `f(t)` when `t` has no column
+                // `f`: a function of the whole row.
+                let row_fn = is_row_function(name);
                 for rel in scope.qualified(q) {
                     l.merge(&rel.column(name));
+                    if row_fn {
+                        l.merge(&rel.whole());
+                    }
                 }
                 // `schema.table` used as a row value.
                 let full = format!("{q}.{name}");
@@ -1641,6 +1672,7 @@ impl Visitor for Names {
             Expr::CompoundIdentifier(parts) => {
                 if let Some(last) = parts.last() {
                     self.push(&last.value);
+                    self.all |= parts.len() > 1 && is_row_function(&last.value);
                 }
             }
             Expr::MatchAgainst { columns, .. } => {
