@@ -1174,6 +1174,7 @@ impl Analyzer {
                 let ret = u.returning.as_ref()?;
                 let mut frame = Scope::child(outer);
                 self.join_tree(&u.table, &mut frame);
+                target_row_names(&mut frame);
                 if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
                     &u.from
                 {
@@ -1207,8 +1208,11 @@ impl Analyzer {
                 let mut frame = Scope::child(outer);
                 let (sqlparser::ast::FromTable::WithFromKeyword(from)
                 | sqlparser::ast::FromTable::WithoutKeyword(from)) = &d.from;
-                for twj in from.iter().chain(d.using.iter().flatten()) {
+                for (i, twj) in from.iter().chain(d.using.iter().flatten()).enumerate() {
                     self.join_tree(twj, &mut frame);
+                    if i == 0 {
+                        target_row_names(&mut frame);
+                    }
                 }
                 Some(self.projection(ret, &frame))
             }
@@ -1315,7 +1319,15 @@ impl Analyzer {
             names,
             kind: kind(assigned, any),
         });
+        target_row_names(&mut frame);
         frame
+    }
+}
+
+/// PostgreSQL 18 `RETURNING old.x, new.x`: both name the target row.
+fn target_row_names(frame: &mut Scope) {
+    if let Some(target) = frame.rels.first_mut() {
+        target.names.extend(["old".to_owned(), "new".to_owned()]);
     }
 }
 

@@ -121,6 +121,7 @@ const CASES: &[(Dialect, &str, &str, &str, bool)] = &[
     (Pg, "INSERT INTO audit (note) VALUES ('x') ON CONFLICT (id) DO UPDATE SET note = excluded.note || (SELECT ssn FROM people LIMIT 1) RETURNING note", "note", "X", true),
     (Pg, "UPDATE users SET name = password RETURNING name", "name", "X", true),
     (Pg, "UPDATE users SET name = 'x' WHERE id = 1 RETURNING id, name", "id,name", "..", false),
+    (Pg, "UPDATE users SET name = password RETURNING new.name AS x, old.name AS y", "x,y", "XX", true),
     (Pg, "UPDATE users u SET name = p.ssn FROM people p WHERE p.id = u.id RETURNING u.name", "name", "X", true),
     (Pg, "DELETE FROM users WHERE id = 1 RETURNING *", "id,name,password", "..X", true),
     (Pg, "DELETE FROM users WHERE id = 1 RETURNING upper(password)", "upper", "X", true),
