@@ -199,10 +199,13 @@ fn rules(raw: Vec<RawRule>, text: &str, judged: &[&str]) -> R<Vec<Rule>> {
                 ),
             ));
         }
-        let (matcher, summary) = match &rr.matcher {
+        let (mut matcher, summary) = match &rr.matcher {
             Some(m) => (matcher(m, Scope::Rule { judged })?, summary(m)),
             None => (Matcher::default(), String::new()),
         };
+        if let Some(sql) = &mut matcher.sql {
+            sql.columns_unnamed = rr.decision != crate::model::Verdict::Allow;
+        }
         out.push(Rule {
             name,
             line: line_of(text, span.start),
@@ -412,12 +415,14 @@ fn matcher(m: &RawMatch, scope: Scope<'_>) -> R<Matcher> {
         }
         sm.tables = opt_globs(&rs.tables, true)?;
         sm.functions = opt_globs(&rs.functions, true)?;
+        sm.columns = opt_globs(&rs.columns, true)?;
         sm.has_where = rs.has_where;
         if sm.statement.is_none()
             && sm.object.is_none()
             && sm.action.is_none()
             && sm.tables.is_none()
             && sm.functions.is_none()
+            && sm.columns.is_none()
             && sm.has_where.is_none()
         {
             return Err(Located::new(s.span(), "empty sql matcher"));
@@ -561,6 +566,7 @@ fn summary(m: &RawMatch) -> String {
         s("action", &q.action);
         s("tables", &q.tables);
         s("functions", &q.functions);
+        s("columns", &q.columns);
         if let Some(w) = q.has_where {
             parts.push(format!("sql.has_where={w}"));
         }

@@ -121,6 +121,7 @@ pub(crate) struct RawSqlMatch {
     pub action: Option<Strings>,
     pub tables: Option<Strings>,
     pub functions: Option<Strings>,
+    pub columns: Option<Strings>,
     pub has_where: Option<bool>,
 }
 

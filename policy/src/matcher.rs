@@ -25,6 +25,12 @@ pub(crate) struct SqlMatcher {
     pub action: Option<Vec<Action>>,
     pub tables: Option<GlobList>,
     pub functions: Option<GlobList>,
+    pub columns: Option<GlobList>,
+    /// Whether `columns` also matches statements that may touch columns
+    /// they do not name (`SqlStatement::all_columns`): set for `deny` and
+    /// `review` rules, so `SELECT *` cannot slip past them, and not for
+    /// `allow` rules, so it cannot slip through them.
+    pub columns_unnamed: bool,
     pub has_where: Option<bool>,
 }
 
@@ -344,6 +350,20 @@ impl SqlMatcher {
                 .functions
                 .as_ref()
                 .is_none_or(|g| find_name(g, &stmt.functions).is_some())
+            && self
+                .columns
+                .as_ref()
+                .is_none_or(|g| self.column_match(g, stmt).is_some())
+    }
+
+    /// The column that makes `sql.columns` match (`*` for a statement that
+    /// may touch columns it does not name).
+    fn column_match<'a>(&self, g: &GlobList, stmt: &'a SqlStatement) -> Option<&'a str> {
+        stmt.columns
+            .iter()
+            .find(|c| g.any(c))
+            .map(String::as_str)
+            .or((self.columns_unnamed && stmt.all_columns).then_some("*"))
     }
 
     fn explain(&self, stmt: &SqlStatement, parts: &mut Vec<String>) {
@@ -372,6 +392,13 @@ impl SqlMatcher {
             .and_then(|g| find_name(g, &stmt.functions))
         {
             parts.push(format!("sql.functions={f}"));
+        }
+        if let Some(c) = self
+            .columns
+            .as_ref()
+            .and_then(|g| self.column_match(g, stmt))
+        {
+            parts.push(format!("sql.columns={c}"));
         }
         if let Some(w) = self.has_where {
             parts.push(format!("sql.has_where={w}"));

@@ -461,7 +461,7 @@ fn validation_errors_are_located() {
         // Match keys.
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"postgres\", sql.statment = [\"drop\"] }\n",
-            "policy.toml:4:38: unknown field `statment`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `has_where`",
+            "policy.toml:4:38: unknown field `statment`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `columns`, `has_where`",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { user = \"x\" }\n",
@@ -564,7 +564,7 @@ fn validation_errors_are_located() {
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { sql.objects = \"role\" }\n",
-            "policy.toml:4:15: unknown field `objects`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `has_where`",
+            "policy.toml:4:15: unknown field `objects`, expected one of `statement`, `object`, `action`, `tables`, `functions`, `columns`, `has_where`",
         ),
         (
             "[[rule]]\nname = \"a\"\ndecision = \"deny\"\nmatch = { protocol = \"ssh\", sql.statement = \"drop\" }\n",
@@ -1800,4 +1800,109 @@ fn default_policy_decisions() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn sql_columns_matcher() {
+    let w = workload();
+    let t = pg();
+    // (match, statement, deny rule matches, allow rule matches)
+    let cases: &[(&str, &str, bool, bool)] = &[
+        (
+            "sql.columns = \"password*\"",
+            "SELECT id FROM users WHERE password = 'x'",
+            true,
+            true,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "SELECT u.\"Password_Hash\" FROM users u",
+            true,
+            true,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "UPDATE users SET password = 'x' WHERE id = 1",
+            true,
+            true,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "INSERT INTO users (id, password) VALUES (1, 'x')",
+            true,
+            true,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "SELECT id, name FROM users",
+            false,
+            false,
+        ),
+        // Columns it does not name: may be a password for a deny rule, not
+        // for an allow rule.
+        (
+            "sql.columns = \"password*\"",
+            "SELECT * FROM users",
+            true,
+            false,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "SELECT row_to_json(u) FROM users u",
+            true,
+            false,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "INSERT INTO users VALUES (1, 'x')",
+            true,
+            false,
+        ),
+        (
+            "sql.columns = \"password*\"",
+            "SELECT count(*) FROM users",
+            false,
+            false,
+        ),
+        (
+            "sql.tables = \"orders\", sql.columns = \"password*\"",
+            "SELECT * FROM users",
+            false,
+            false,
+        ),
+    ];
+    for (m, q, deny_want, allow_want) in cases {
+        let deny = one_rule(m);
+        let d = decide_sql(&deny, &w, &t, q);
+        assert_eq!(
+            d.verdict == Verdict::Deny,
+            *deny_want,
+            "deny {{ {m} }} on {q}: {}",
+            d.reason
+        );
+        let allow = parse(&format!(
+            "[defaults]\ndecision = \"review\"\n[[rule]]\nname = \"r\"\ndecision = \"allow\"\nmatch = {{ {m} }}\n"
+        ));
+        let d = decide_sql(&allow, &w, &t, q);
+        assert_eq!(
+            d.verdict == Verdict::Allow,
+            *allow_want,
+            "allow {{ {m} }} on {q}: {}",
+            d.reason
+        );
+    }
+    let d = decide_sql(
+        &one_rule("sql.columns = \"pass*\""),
+        &w,
+        &t,
+        "SELECT password FROM users",
+    );
+    assert!(d.reason.contains("sql.columns=password"), "{}", d.reason);
+    let d = decide_sql(
+        &one_rule("sql.columns = \"pass*\""),
+        &w,
+        &t,
+        "SELECT * FROM users",
+    );
+    assert!(d.reason.contains("sql.columns=*"), "{}", d.reason);
 }

@@ -5,6 +5,7 @@
 //! target, then masks result cells with [`ActiveMasks::mask_cell`] and
 //! statement text with [`ActiveMasks::mask_text`].
 
+mod columns;
 mod detect;
 mod sql;
 

@@ -90,6 +90,7 @@ pub(super) fn from_ast(ast: &Statement, text: &str, dialect: Dialect) -> SqlStat
         c.kinds.truncate(1);
         c.has_where = None;
     }
+    let cols = super::lineage::analyze(ast, dialect);
     SqlStatement {
         text: text.to_owned(),
         kinds: c.kinds,
@@ -99,6 +100,9 @@ pub(super) fn from_ast(ast: &Statement, text: &str, dialect: Dialect) -> SqlStat
         objects: c.objects,
         actions: c.actions,
         literal_code: c.literal_code,
+        columns: cols.columns,
+        all_columns: cols.all_columns,
+        outputs: cols.outputs,
     }
 }
 
@@ -1058,6 +1062,8 @@ fn fallback(tokens: &[TokenWithSpan], text: &str) -> Option<SqlStatement> {
     match first.as_str() {
         "do" => do_block(&toks[1..]).then(|| SqlStatement {
             literal_code: true,
+            // The body runs unseen (and may RAISE NOTICE any value).
+            all_columns: true,
             ..simple(text, vec![K::Do])
         }),
         "vacuum" => vacuum(&toks[1..], text),
@@ -1077,6 +1083,9 @@ fn simple(text: &str, kinds: Vec<K>) -> SqlStatement {
         objects: Vec::new(),
         actions: Vec::new(),
         literal_code: false,
+        columns: Vec::new(),
+        all_columns: false,
+        outputs: None,
     }
 }
 
@@ -1270,6 +1279,9 @@ fn copy_fallback(tokens: &[TokenWithSpan], text: &str) -> Option<SqlStatement> {
     let to = is_word(toks[i], Keyword::TO);
     let mut stmt = SqlStatement {
         tables: vec![name.join(".")],
+        columns: super::lineage::unknown().columns,
+        all_columns: true,
+        outputs: super::lineage::unknown().outputs,
         ..simple(text, vec![K::Copy])
     };
     if is_word(target, Keyword::PROGRAM) {

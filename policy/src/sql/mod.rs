@@ -13,11 +13,13 @@
 mod classify;
 mod facts;
 pub mod lex;
+mod lineage;
 mod shape;
 mod split;
 
 pub use facts::{Action, ObjectKind};
 pub use lex::{Encoding, Lexing, Server};
+pub use lineage::{Lineage, OutputItem};
 pub use shape::{shape, shape_with};
 
 use serde::{Deserialize, Serialize};
@@ -210,6 +212,35 @@ pub struct SqlStatement {
     /// statements one at a time only. See [`SqlStatement::literal_code`].
     #[serde(default)]
     pub literal_code: bool,
+    /// Every column named anywhere in the statement (select lists, `WHERE`,
+    /// `JOIN ... ON`/`USING`, `GROUP BY`/`ORDER BY`, function arguments,
+    /// subqueries, CTEs, `INSERT` column lists, `SET` targets, `COPY`
+    /// column lists, `RETURNING`, `ALTER TABLE` column operations), as the
+    /// bare name (last identifier of `t.col`), without quotes, without
+    /// duplicates. Aliases used in `ORDER BY` are listed too.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// The statement may read or write columns it does not name: `*`/`t.*`
+    /// (outside `EXISTS`), a table used as a row value (`row_to_json(u)`,
+    /// `SELECT u FROM users u`), `TABLE t`, columns renamed by position
+    /// (`FROM users AS u(a, b)`), `INSERT` without a column list, `COPY t`
+    /// without one, a function that runs SQL given as text (`query_to_xml`,
+    /// `dblink`, ...), `FETCH`, `EXECUTE`, `CALL`, `MERGE`, `DO`.
+    #[serde(default)]
+    pub all_columns: bool,
+    /// The result columns, in order, for statements that return rows from
+    /// data: `SELECT`/`VALUES`/`WITH`/`TABLE`, `INSERT`/`UPDATE`/`DELETE
+    /// ... RETURNING`, `COPY ... TO STDOUT` (items without names: COPY data
+    /// carries no labels). `FETCH`, `EXECUTE`, `CALL` and statements only a
+    /// fallback recogniser understood return rows nothing here can see:
+    /// one [`OutputItem::unknown`] run.
+    ///
+    /// `None`: the statement returns no rows (DDL, `SET`, DML without
+    /// `RETURNING`, `COPY ... FROM`, `DECLARE`, `PREPARE`), or only server
+    /// metadata and plan text, never stored values (`SHOW`, `EXPLAIN` with
+    /// or without `ANALYZE`, `DESCRIBE`).
+    #[serde(default)]
+    pub outputs: Option<Vec<OutputItem>>,
 }
 
 impl SqlStatement {

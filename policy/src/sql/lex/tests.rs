@@ -287,3 +287,11 @@ fn insensitive_text_needs_no_settings() {
     assert!(!Lexing::insensitive(b"SELECT \"a\" FROM t", Mysql));
     assert!(!Lexing::insensitive(b"SELECT 1 /*!99999 x */", Mysql));
 }
+
+#[test]
+fn ansi_quotes_make_double_quotes_columns() {
+    let s = classify_with("SELECT upper(\"password\") FROM users", &ANSI).unwrap();
+    assert_eq!(s[0].columns, ["password"]);
+    let s = classify_with("SELECT upper(\"password\") FROM users", &MARIADB).unwrap();
+    assert!(s[0].columns.is_empty());
+}
