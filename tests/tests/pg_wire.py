@@ -252,6 +252,30 @@ def direct_tls(host, port):
     print(json.dumps({"replies": out, "alpn": c.s.selected_alpn_protocol()}))
 
 
+def binary_mask(host, port):
+    """Masked columns in binary result format: plain, in an array, in a
+    record, through an alias and an expression. Prints the raw replies
+    (binary values decoded as UTF-8 where they can be)."""
+    c = Conn(host, port)
+    out = {}
+    for name, sql in [
+        ("plain", "SELECT password FROM users"),
+        ("alias", "SELECT password AS p FROM users"),
+        ("expr", "SELECT upper(password) FROM users"),
+        ("array", "SELECT ARRAY[password, 'x'] FROM users"),
+        ("record", "SELECT ROW(id, password) FROM users"),
+        ("jsonb", "SELECT to_jsonb(u) FROM users u"),
+    ]:
+        out[name] = c.batch(parse("", sql), bind("", "", result_format=1), execute(), SYNC)
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     host, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    {"pipeline": pipeline, "cancel": cancel, "direct_tls": direct_tls, "bad": bad}[mode](host, port)
+    {
+        "pipeline": pipeline,
+        "cancel": cancel,
+        "direct_tls": direct_tls,
+        "bad": bad,
+        "binary_mask": binary_mask,
+    }[mode](host, port)

@@ -244,6 +244,27 @@ pub struct SqlStatement {
 }
 
 impl SqlStatement {
+    /// A statement nothing is known about (text the classifier could not
+    /// read, run after an approval or under `unparsed = "allow"`): it may
+    /// read any column and return anything, so masks with column rules
+    /// mask every one of its result columns and withhold its error texts.
+    pub fn unknown(text: &str) -> SqlStatement {
+        let facts = lineage::unknown();
+        SqlStatement {
+            text: text.to_owned(),
+            kinds: vec![StatementKind::Other],
+            tables: Vec::new(),
+            functions: Vec::new(),
+            has_where: None,
+            objects: Vec::new(),
+            actions: Vec::new(),
+            literal_code: false,
+            columns: facts.columns,
+            all_columns: facts.all_columns,
+            outputs: facts.outputs,
+        }
+    }
+
     /// The statement's own kind (the first of `kinds`).
     pub fn kind(&self) -> StatementKind {
         self.kinds.first().copied().unwrap_or(StatementKind::Other)

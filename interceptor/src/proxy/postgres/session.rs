@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use policy::ResultLimit;
 use policy::sql::lex::charset;
 use policy::sql::{Encoding, Lexing};
 use policy::{ActiveMasks, Decision, Operation, SqlStatement, Verdict};
@@ -39,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{self, Frame, FrameReader, Frontend, Startup};
 use super::error::{CodecError, PgError};
-use super::mask::{self, RowPlan};
+use super::mask::{self, CopyOut, CopyPlan, RowPlan};
 use super::upstream::{self, BoxRead, BoxWrite, Stream};
 use crate::daemon::Shared;
 use crate::proxy::gate::{Classified, Gate, Judgement, Op};
@@ -434,10 +435,22 @@ async fn session(
     let outcomes = pipe.clone();
     let masks = gate.masks().clone();
     let masks_active = !masks.is_empty();
-    let blind = Arc::new(if masks_active {
+    let blind = Arc::new(if masks.has_column_rules() {
+        // Rows with no description cannot be masked column by column.
+        RowPlan::withhold_all()
+    } else if masks_active {
         RowPlan::blind(&masks)
     } else {
         RowPlan::default()
+    });
+    let limit = ctx
+        .shared
+        .policy()
+        .result_limit(&gate.workload, &gate.target);
+    let canceller = cancel.as_ref().map(|c: &CancelGuard| Canceller {
+        shared: ctx.shared.clone(),
+        addr: dst,
+        key: c.key.clone(),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<Vec<u8>>();
 
@@ -469,7 +482,12 @@ async fn session(
             out: BufWriter::with_capacity(WRITE_BUFFER, cw),
             pipe,
             skipping: false,
-            copy_out_text: false,
+            copy_plan: None,
+            limit,
+            result_rows: 0,
+            result_bytes: 0,
+            limited: None,
+            canceller,
             scratch: Vec::new(),
             bytes: ctx.bytes.clone(),
         },
@@ -765,6 +783,9 @@ enum Pending {
         started: Instant,
         /// Set when the query was refused and a placeholder sent instead.
         denial: Option<String>,
+        /// Its statements (for masking by lineage and withholding error
+        /// texts); `None` for what the proxy sent itself.
+        classified: Option<Classified>,
     },
     Parse {
         denial: Option<String>,
@@ -775,10 +796,14 @@ enum Pending {
     /// for masking; its reply is not forwarded.
     Describe {
         injected: bool,
+        /// The prepared statement described (directly or through its
+        /// portal); `None` when unknown.
+        stmt: Option<Arc<StmtInfo>>,
     },
     Execute {
         seq: Option<i64>,
         started: Instant,
+        stmt: Option<Arc<StmtInfo>>,
     },
     Close,
     Sync,
@@ -1003,7 +1028,15 @@ impl FrontState<'_> {
             }
             Frontend::Describe { kind, name } => {
                 if !self.discarding {
-                    self.pipe.push(Pending::Describe { injected: false });
+                    let stmt = if kind == b'S' {
+                        lock(&self.pipe.statements).get(name).cloned()
+                    } else {
+                        self.portals.get(name).and_then(|p| p.stmt.clone())
+                    };
+                    self.pipe.push(Pending::Describe {
+                        injected: false,
+                        stmt,
+                    });
                     self.send(frame.raw).await?;
                     self.last_described = (kind == b'P').then(|| name.to_vec());
                 }
@@ -1133,9 +1166,59 @@ impl FrontState<'_> {
                 }]
             }
         };
-        let j = self.judge_ops(&ops).await?;
+        let j = match self.unmaskable_copy(&classified, &lexing) {
+            Some(why) => self.refuse_ops(&ops, why).await?,
+            None => self.judge_ops(&ops).await?,
+        };
         drop(ops);
         Ok((text, classified, Some(j), lexing))
+    }
+
+    /// A `COPY … TO STDOUT` whose data could not be masked (binary format,
+    /// options the proxy does not read) while masks are active: why.
+    fn unmaskable_copy(&self, classified: &Classified, lexing: &Lexing) -> Option<String> {
+        if !self.masks_active {
+            return None;
+        }
+        let stmts = classified.as_ref().as_ref().ok()?;
+        let scs = !lexing.backslash_escapes;
+        stmts
+            .iter()
+            .filter(|s| s.actions.contains(&policy::sql::Action::CopyToClient))
+            .find_map(|s| match mask::copy_statement_format(&s.text, scs) {
+                Ok(f) if mask::binary_copy_refused(self.gate.masks(), &f) => {
+                    Some(mask::BINARY_COPY_REFUSED.to_string())
+                }
+                Ok(_) => None,
+                Err(e) => Some(format!(
+                    "interceptor: the data of this COPY cannot be masked ({e}); use COPY … TO STDOUT with default text or CSV options"
+                )),
+            })
+    }
+
+    /// Records ops as refused by the proxy itself (not by a policy rule)
+    /// and returns the refusal.
+    async fn refuse_ops(&mut self, ops: &[Op<'_>], why: String) -> Result<Judgement, PgError> {
+        if !self.out.buffer().is_empty() {
+            self.out.flush().await.map_err(PgError::ServerIo)?;
+        }
+        self.pipe.record_outcomes(&self.shared).await;
+        let decision = Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+            message: Some(why.clone()),
+            reason: why.clone(),
+        };
+        let mut seqs = Vec::with_capacity(ops.len());
+        for op in ops {
+            seqs.push(self.gate.record_decided(op, &decision).await?);
+        }
+        Ok(Judgement {
+            allowed: false,
+            seqs,
+            message: format!("{why} (session {})", self.session_id),
+            decision,
+        })
     }
 
     async fn judge_ops(&mut self, ops: &[Op<'_>]) -> Result<Judgement, PgError> {
@@ -1149,13 +1232,15 @@ impl FrontState<'_> {
     }
 
     async fn query(&mut self, sql: &[u8], raw: &[u8]) -> Result<(), PgError> {
-        match self.judge_sql(sql, "statement", None).await?.2 {
+        let (_, classified, judged, _) = self.judge_sql(sql, "statement", None).await?;
+        match judged {
             Some(j) if !j.allowed => {
                 self.pipe.push(Pending::Query {
                     seqs: Vec::new(),
                     next: 0,
                     started: Instant::now(),
                     denial: Some(j.message),
+                    classified: None,
                 });
                 let placeholder = codec::query(&self.placeholder());
                 self.send(&placeholder).await?;
@@ -1166,6 +1251,7 @@ impl FrontState<'_> {
                     next: 0,
                     started: Instant::now(),
                     denial: None,
+                    classified: Some(classified),
                 });
                 self.send(raw).await?;
             }
@@ -1284,16 +1370,22 @@ impl FrontState<'_> {
         if self.masks_active && self.last_described.as_deref() != Some(portal) {
             // The row description (formats included) of exactly this
             // portal, so that its DataRows can be masked.
-            self.pipe.push(Pending::Describe { injected: true });
+            let stmt = self.portals.get(portal).and_then(|p| p.stmt.clone());
+            self.pipe.push(Pending::Describe {
+                injected: true,
+                stmt,
+            });
             self.scratch.clear();
             codec::describe_portal(&mut self.scratch, portal);
             let d = std::mem::take(&mut self.scratch);
             self.send(&d).await?;
             self.scratch = d;
         }
+        let stmt = self.portals.get(portal).and_then(|p| p.stmt.clone());
         self.pipe.push(Pending::Execute {
             seq,
             started: Instant::now(),
+            stmt,
         });
         self.last_described = None;
         self.send(raw).await
@@ -1413,6 +1505,7 @@ impl FrontState<'_> {
                 next: 0,
                 started: Instant::now(),
                 denial: None,
+                classified: None,
             });
             self.send(raw).await
         } else {
@@ -1422,6 +1515,7 @@ impl FrontState<'_> {
                 next: 0,
                 started: Instant::now(),
                 denial: Some(j.message),
+                classified: None,
             });
             let placeholder = codec::query(&self.placeholder());
             self.send(&placeholder).await
@@ -1458,15 +1552,81 @@ struct BackState {
     plan: Arc<RowPlan>,
     /// The plan for rows without a description.
     blind: Arc<RowPlan>,
-    /// Plans by RowDescription (a prepared statement describes the same
-    /// rows at every execution).
-    plans: HashMap<Vec<u8>, Arc<RowPlan>>,
+    /// Plans by RowDescription and statement (a prepared statement
+    /// describes the same rows at every execution). The key holds the
+    /// classification it was made for, so a freed one cannot be mistaken
+    /// for another.
+    plans: HashMap<PlanKey, (Option<Classified>, Arc<RowPlan>)>,
     /// After an error in an extended-protocol batch the server skips to
     /// Sync.
     skipping: bool,
-    copy_out_text: bool,
+    /// The masking of the COPY OUT being relayed (`None`: relayed as is).
+    copy_plan: Option<CopyPlan>,
+    /// `[[limit]]` on each result, if one applies to this session.
+    limit: Option<ResultLimit>,
+    /// Rows and bytes of the result being relayed.
+    result_rows: u64,
+    result_bytes: u64,
+    /// Set once the result went past the limit: the client's error text.
+    limited: Option<String>,
+    /// Where and with what key to cancel the running statement.
+    canceller: Option<Canceller>,
     scratch: Vec<u8>,
     bytes: Arc<ByteCounters>,
+}
+
+/// A cached row plan: RowDescription bytes, the classification (by
+/// address) and the statement's index in it.
+type PlanKey = (Vec<u8>, usize, usize);
+
+/// Sends a CancelRequest for this session's backend, on a connection of
+/// its own (as a client does).
+#[derive(Clone)]
+struct Canceller {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    key: Vec<u8>,
+}
+
+impl Canceller {
+    fn cancel(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut body = codec::CANCEL_REQUEST.to_be_bytes().to_vec();
+            body.extend_from_slice(&me.key);
+            let packet = codec::startup_packet(&body);
+            match crate::proxy::upstream::connect(
+                me.addr,
+                me.shared.config.socket_mark,
+                me.shared.config.upstream_connect_timeout,
+            )
+            .await
+            {
+                Ok(mut s) => {
+                    let _ = s.write_all(&packet).await;
+                    let _ = s.flush().await;
+                }
+                Err(e) => warn!(error = %e, "cannot cancel a statement past its result limit"),
+            }
+        });
+    }
+}
+
+/// The stand-in for a statement nothing is known about.
+fn unknown_statement() -> &'static SqlStatement {
+    static UNKNOWN: OnceLock<SqlStatement> = OnceLock::new();
+    UNKNOWN.get_or_init(|| SqlStatement::unknown(""))
+}
+
+/// What is known of the statement whose replies are arriving.
+enum Current {
+    /// A classified statement: the classification and its index.
+    Known(Classified, usize),
+    /// A statement the classifier could not read (unparsed, run after
+    /// approval or by policy), a cursor declared in SQL, or unknown.
+    Unknown,
+    /// Something the proxy sent itself (a refusal's placeholder).
+    Proxy,
 }
 
 impl Back {
@@ -1545,18 +1705,120 @@ impl BackState {
         }
     }
 
+    /// What is known of the statement the server is answering.
+    fn current(&self) -> Current {
+        let q = lock(&self.pipe.pending);
+        let (classified, index) = match q.front() {
+            Some(Pending::Query {
+                classified: Some(c),
+                next,
+                ..
+            }) => (c.clone(), *next),
+            Some(Pending::Query {
+                classified: None, ..
+            }) => return Current::Proxy,
+            Some(
+                Pending::Describe { stmt: Some(s), .. } | Pending::Execute { stmt: Some(s), .. },
+            ) => (s.classified.clone(), 0),
+            _ => return Current::Unknown,
+        };
+        match &*classified {
+            Ok(stmts) if index < stmts.len() => Current::Known(classified, index),
+            _ => Current::Unknown,
+        }
+    }
+
+    /// Runs `f` on the statement being answered (an unknown one as
+    /// [`SqlStatement::unknown`]); `None` for the proxy's own.
+    fn with_statement<R>(&self, f: impl FnOnce(Option<&SqlStatement>) -> R) -> R {
+        match self.current() {
+            Current::Known(c, i) => f(c.as_ref().as_ref().ok().and_then(|s| s.get(i))),
+            Current::Unknown => f(Some(unknown_statement())),
+            Current::Proxy => f(None),
+        }
+    }
+
     fn set_plan(&mut self, desc: &[u8]) -> Result<(), PgError> {
-        if let Some(p) = self.plans.get(desc) {
+        let current = self.current();
+        let (classified, index) = match &current {
+            Current::Known(c, i) => (Some(c.clone()), *i),
+            _ => (None, usize::MAX),
+        };
+        let addr = classified.as_ref().map_or(0, |c| Arc::as_ptr(c) as usize);
+        let key: PlanKey = (desc.to_vec(), addr, index);
+        if let Some((_, p)) = self.plans.get(&key) {
             self.plan = p.clone();
             return Ok(());
         }
-        let p = Arc::new(RowPlan::new(desc, &self.masks, &[]).map_err(PgError::server)?);
+        let forced = if self.masks.has_column_rules() {
+            let fields = codec::row_description(desc).map_err(PgError::server)?;
+            let labels: Vec<std::borrow::Cow<'_, str>> = fields
+                .iter()
+                .map(|f| String::from_utf8_lossy(f.name))
+                .collect();
+            let labels: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
+            self.with_statement(|stmt| self.masks.masked_columns(stmt, &labels))
+        } else {
+            Vec::new()
+        };
+        let p = Arc::new(RowPlan::new(desc, &self.masks, &forced).map_err(PgError::server)?);
         if self.plans.len() >= 256 {
             self.plans.clear();
         }
-        self.plans.insert(desc.to_vec(), p.clone());
+        self.plans.insert(key, (classified, p.clone()));
         self.plan = p;
         Ok(())
+    }
+
+    /// Whether the server's texts for the statement being answered must
+    /// be withheld (it reads masked columns: a failed cast prints the
+    /// value it could not cast).
+    fn withhold_texts(&self) -> bool {
+        self.masks.has_column_rules()
+            && self.with_statement(|s| s.is_some_and(|s| self.masks.touches_masked(s)))
+    }
+
+    fn withheld(&self, tag: u8, body: &[u8]) -> Vec<u8> {
+        mask::withhold_error(
+            tag,
+            body,
+            &format!(
+                "the statement reads masked columns (session {})",
+                self.session_id
+            ),
+        )
+    }
+
+    /// Counts one row of the current result; past the limit, asks the
+    /// server to stop. Returns whether the row may be relayed.
+    fn count_row(&mut self, bytes: usize) -> bool {
+        if self.limited.is_some() {
+            return false;
+        }
+        let Some(limit) = &self.limit else {
+            return true;
+        };
+        self.result_rows += 1;
+        self.result_bytes += bytes as u64;
+        match limit.check(self.result_rows, self.result_bytes) {
+            None => true,
+            Some(e) => {
+                info!(limit = %e, "result limit reached; cancelling the statement");
+                self.limited = Some(format!("interceptor: {e} (session {})", self.session_id));
+                if let Some(c) = &self.canceller {
+                    c.cancel();
+                }
+                false
+            }
+        }
+    }
+
+    /// The end of a result: counters start again; the limit's refusal, if
+    /// it was reached.
+    fn end_result(&mut self) -> Option<String> {
+        self.result_rows = 0;
+        self.result_bytes = 0;
+        self.limited.take()
     }
 
     /// Notes how a statement went. The client loop hands the outcomes to
@@ -1576,6 +1838,9 @@ impl BackState {
     async fn handle(&mut self, f: Frame<'_>) -> Result<(), PgError> {
         match f.tag {
             b'D' => {
+                if !self.count_row(f.raw.len()) {
+                    return Ok(());
+                }
                 if self.plan.is_active() {
                     let mut buf = std::mem::take(&mut self.scratch);
                     let changed = self
@@ -1605,15 +1870,24 @@ impl BackState {
                             r
                         }
                         Some(Pending::Execute { .. }) => match q.pop_front() {
-                            Some(Pending::Execute { seq, started }) => seq.map(|s| (s, started)),
+                            Some(Pending::Execute { seq, started, .. }) => {
+                                seq.map(|s| (s, started))
+                            }
                             _ => None,
                         },
                         other => return Err(out_of_step(f.tag, other.map(|p| &*p))),
                     }
                 };
                 self.pipe.copy_in.store(false, Ordering::Release);
-                self.copy_out_text = false;
+                self.copy_plan = None;
                 self.reset_plan();
+                if let Some(refusal) = self.end_result() {
+                    if let Some((seq, started)) = done {
+                        self.outcome(seq, started, None, Some(refusal.clone()));
+                    }
+                    let e = codec::error_response("ERROR", "54000", &refusal);
+                    return self.forward(&e).await;
+                }
                 if let Some((seq, started)) = done {
                     self.outcome(seq, started, rows, None);
                 }
@@ -1639,7 +1913,9 @@ impl BackState {
                 {
                     let q = lock(&self.pipe.pending);
                     match q.front() {
-                        Some(Pending::Describe { injected: false }) => {}
+                        Some(Pending::Describe {
+                            injected: false, ..
+                        }) => {}
                         other => return Err(out_of_step(f.tag, other)),
                     }
                 }
@@ -1679,7 +1955,7 @@ impl BackState {
                 let done = {
                     let mut q = lock(&self.pipe.pending);
                     match q.pop_front() {
-                        Some(Pending::Execute { seq, started }) => seq.map(|s| (s, started)),
+                        Some(Pending::Execute { seq, started, .. }) => seq.map(|s| (s, started)),
                         other => return Err(out_of_step(f.tag, other.as_ref())),
                     }
                 };
@@ -1707,10 +1983,14 @@ impl BackState {
                     }
                 }
                 self.skipping = false;
-                self.copy_out_text = false;
+                self.copy_plan = None;
+                self.end_result();
                 self.pipe.copy_in.store(false, Ordering::Release);
                 self.reset_plan();
-                self.forward(f.raw).await
+                self.forward(f.raw).await?;
+                // The lexing settings it reported are now known.
+                self.pipe.ready.notify_waiters();
+                Ok(())
             }
             b'G' => {
                 // COPY FROM STDIN: Syncs the server reads from now until the
@@ -1730,23 +2010,46 @@ impl BackState {
                 self.forward(f.raw).await
             }
             b'H' => {
-                self.copy_out_text = codec::copy_format(f.body).map_err(PgError::server)? == 0;
+                self.end_result();
+                self.copy_plan = if self.masks_active {
+                    Some(self.copy_plan_for(f.body)?)
+                } else {
+                    None
+                };
                 self.forward(f.raw).await
             }
             b'd' => {
-                if self.copy_out_text
-                    && self.masks_active
-                    && let Some(m) = mask::mask_copy_row(&self.masks, f.body)
-                {
-                    return self.forward(&m).await;
+                if !self.count_row(f.raw.len()) {
+                    return Ok(());
+                }
+                if let Some(plan) = &mut self.copy_plan {
+                    return match plan
+                        .mask_copy_data(&self.masks, f.body)
+                        .map_err(PgError::server)?
+                    {
+                        CopyOut::Forward => self.forward(f.raw).await,
+                        CopyOut::Replace(m) => self.forward(&m).await,
+                    };
                 }
                 self.forward(f.raw).await
             }
             b'c' => {
-                self.copy_out_text = false;
+                if self.limited.is_some() {
+                    // The refusal replaces the end of the copy.
+                    return Ok(());
+                }
+                if let Some(mut plan) = self.copy_plan.take()
+                    && let Some(rest) = plan.finish(&self.masks).map_err(PgError::server)?
+                {
+                    self.forward(&rest).await?;
+                }
                 self.forward(f.raw).await
             }
             b'N' => {
+                if self.masks_active && self.withhold_texts() {
+                    let m = self.withheld(b'N', f.body);
+                    return self.forward(&m).await;
+                }
                 if self.masks_active
                     && let Some(m) =
                         mask::mask_error(&self.masks, b'N', f.body).map_err(PgError::server)?
@@ -1773,7 +2076,7 @@ impl BackState {
     fn reply_to_describe(&mut self, tag: u8) -> Result<bool, PgError> {
         let mut q = lock(&self.pipe.pending);
         match q.front() {
-            Some(Pending::Describe { injected }) => {
+            Some(Pending::Describe { injected, .. }) => {
                 let injected = *injected;
                 q.pop_front();
                 Ok(injected)
@@ -1784,6 +2087,7 @@ impl BackState {
     }
 
     async fn error(&mut self, f: Frame<'_>) -> Result<(), PgError> {
+        let withhold = self.masks_active && self.withhold_texts();
         let fields = codec::error_fields(f.body).map_err(PgError::server)?;
         let severity = codec::error_field(&fields, b'V')
             .or_else(|| codec::error_field(&fields, b'S'))
@@ -1802,6 +2106,7 @@ impl BackState {
                     next,
                     started,
                     denial: d,
+                    ..
                 }) => {
                     denial = d.clone();
                     if d.is_none() {
@@ -1819,15 +2124,31 @@ impl BackState {
                                 self.pipe.restore(r);
                             }
                         }
-                        Some(Pending::Execute { seq, started }) => done = seq.map(|s| (s, started)),
+                        Some(Pending::Execute { seq, started, .. }) => {
+                            done = seq.map(|s| (s, started))
+                        }
                         _ => {}
                     }
                 }
             }
         }
         self.pipe.copy_in.store(false, Ordering::Release);
-        self.copy_out_text = false;
+        self.copy_plan = None;
         self.reset_plan();
+        if let Some(refusal) = self.end_result() {
+            // The statement was cancelled because its result went past the
+            // limit: the client learns that, not the cancellation.
+            if let Some((seq, started)) = done {
+                self.outcome(seq, started, None, Some(refusal.clone()));
+            }
+            let e = codec::error_response("ERROR", "54000", &refusal);
+            return self.forward(&e).await;
+        }
+        let message = if withhold {
+            "the server's message was withheld: the statement reads masked columns".to_string()
+        } else {
+            message
+        };
         if let Some((seq, started)) = done {
             self.outcome(seq, started, None, Some(message));
         }
@@ -1836,11 +2157,37 @@ impl BackState {
             let e = codec::error_response("ERROR", "42501", &d);
             return self.forward(&e).await;
         }
+        if withhold {
+            let m = self.withheld(b'E', f.body);
+            return self.forward(&m).await;
+        }
         if self.masks_active
             && let Some(m) = mask::mask_error(&self.masks, b'E', f.body).map_err(PgError::server)?
         {
             return self.forward(&m).await;
         }
         self.forward(f.raw).await
+    }
+
+    /// The masking of a COPY OUT the server starts (its CopyOutResponse
+    /// body): format from the statement, columns masked by its lineage.
+    /// The client loop refused, before forwarding, every COPY whose data
+    /// could not be masked; one that gets here anyway ends the session.
+    fn copy_plan_for(&self, response: &[u8]) -> Result<CopyPlan, PgError> {
+        let (_, formats) = codec::copy_response(response).map_err(PgError::server)?;
+        let scs = !self.pipe.lexing().backslash_escapes;
+        let (format, masked) = self.with_statement(|stmt| {
+            let format = match stmt {
+                Some(s) if !s.text.is_empty() => {
+                    mask::copy_statement_format(&s.text, scs).map_err(|e| e.to_string())
+                }
+                _ => Err("a COPY of an unknown statement".to_string()),
+            };
+            let labels = vec![""; formats.len()];
+            (format, self.masks.masked_columns(stmt, &labels))
+        });
+        let format = format
+            .map_err(|e| PgError::Unexpected(format!("cannot mask the data of this COPY: {e}")))?;
+        CopyPlan::new(format, masked, response).map_err(PgError::server)
     }
 }
