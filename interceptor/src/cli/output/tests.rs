@@ -134,6 +134,7 @@ fn approval_row(h: &str) -> ApprovalRow {
         decided_by: s.clone(),
         decision_reason: s,
         scope_minutes: None,
+        shape: None,
     }
 }
 
