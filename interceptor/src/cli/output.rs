@@ -486,6 +486,12 @@ pub fn approval(r: &ApprovalRow) -> String {
     }
     let _ = writeln!(o, "    process: pid {} {}", or_dash(&r.pid), opt(&r.exe));
     o.push_str(&block("    | ", &r.operation));
+    if r.status == "pending" && r.shape.is_none() {
+        let _ = writeln!(
+            o,
+            "    exact text only: its literals carry code or it was not understood (no --for)"
+        );
+    }
     if let Some(by) = &r.decided_by {
         let _ = writeln!(
             o,
