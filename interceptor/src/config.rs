@@ -18,7 +18,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/interceptor";
 pub const DEFAULT_DATABASE: &str = "/var/lib/interceptor/interceptor.db";
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/interceptor/control.sock";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/interceptor";
-pub const DEFAULT_PROXY_PORT: u16 = 15001;
+pub const DEFAULT_PROXY_PORT: u16 = 949;
 /// SO_MARK put on every socket the daemon opens; the eBPF programs never
 /// redirect or refuse a socket carrying it.
 pub const DEFAULT_SOCKET_MARK: u32 = 0x1c7e_0001;
@@ -184,7 +184,7 @@ impl Default for Config {
             },
             tls: TlsConfig {
                 ca_dir: PathBuf::from(DEFAULT_STATE_DIR).join("ca"),
-                upstream_verify: false,
+                upstream_verify: true,
                 upstream_ca_file: None,
             },
             limits: Limits {
@@ -303,7 +303,7 @@ impl Config {
                 .ca_dir
                 .map(resolve)
                 .unwrap_or_else(|| state_dir.join("ca")),
-            upstream_verify: raw.tls.upstream_verify.unwrap_or(false),
+            upstream_verify: raw.tls.upstream_verify.unwrap_or(true),
             upstream_ca_file: raw.tls.upstream_ca_file.map(resolve),
         };
         let identity = IdentityConfig {

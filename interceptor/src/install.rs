@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 const UNIT: &str = include_str!("../../systemd/interceptor.service");
+const SOCKET_UNIT: &str = include_str!("../../systemd/interceptor.socket");
 const DEFAULT_CONFIG: &str = include_str!("../../systemd/interceptor.toml");
 const DEFAULT_POLICY: &str = include_str!("../../systemd/policy.toml");
 const README: &str = include_str!("../../README.md");
@@ -91,6 +92,10 @@ pub fn run(args: &InstallArgs) -> Result<()> {
     let unit_path = args.unit_dir.join("interceptor.service");
     std::fs::write(&unit_path, unit).with_context(|| format!("writing {}", unit_path.display()))?;
     println!("installed {}", unit_path.display());
+    let socket_path = args.unit_dir.join("interceptor.socket");
+    std::fs::write(&socket_path, SOCKET_UNIT)
+        .with_context(|| format!("writing {}", socket_path.display()))?;
+    println!("installed {}", socket_path.display());
 
     if let Some(unit) = &args.github_runner_unit {
         if !unit.starts_with("actions.runner.") || !unit.ends_with(".service") {
@@ -117,6 +122,7 @@ pub fn run(args: &InstallArgs) -> Result<()> {
     }
     if Path::new("/run/systemd/system").is_dir() {
         systemctl(&["daemon-reload"])?;
+        systemctl(&["enable", "--now", "interceptor.socket"])?;
         systemctl(&["enable", "--now", "interceptor.service"])?;
         systemctl(&["restart", "interceptor.service"])?;
         println!("interceptor.service is enabled and running; check it with `interceptor status`");

@@ -56,6 +56,99 @@ pub fn free_port() -> u16 {
     panic!("no port free on both 127.0.0.1 and ::1");
 }
 
+/// A privileged TCP port (below 1024) free on both 127.0.0.1 and ::1 right
+/// now: the daemon refuses a proxy port an unprivileged process could bind.
+/// Picked at random (tests in other processes pick too) and never the same
+/// twice in one process.
+pub fn free_privileged_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(std::process::id()) << 20);
+    for i in 0..500u64 {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let x = seed
+            .wrapping_add(n.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_add(i)
+            .rotate_left(17);
+        let port = 300 + (x % 700) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("::1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no privileged port free on both 127.0.0.1 and ::1");
+}
+
+/// Writes a test CA (`ca.pem`) and a server certificate it signed
+/// (`server.crt`, key `server.key`) for localhost, 127.0.0.1 and ::1 into
+/// `dir`, with openssl. The interceptor verifies upstream certificates by
+/// default: its configuration gets `ca.pem` as `tls.upstream_ca_file`.
+pub fn make_test_certs(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=interceptor test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+}
+
 /// The cgroup2 mount, from /proc/self/mountinfo.
 pub fn cgroup2_mount() -> PathBuf {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
@@ -159,6 +252,9 @@ pub struct Daemon {
     pub db: PathBuf,
     pub pin_dir: PathBuf,
     pub port: u16,
+    /// A program (and arguments) the daemon is started through, e.g. one
+    /// that passes it listening sockets as systemd does.
+    pub launcher: Vec<String>,
     child: Option<Child>,
 }
 
@@ -168,15 +264,49 @@ impl Daemon {
         Self::start_with(policy, "")
     }
 
+    /// Like `start_with`, started through `launcher` (see [`Daemon::launcher`]).
+    pub fn start_launched(policy: &str, extra: &str, launcher: &[&str], port: u16) -> Daemon {
+        let mut d = Self::configure(policy, extra, port);
+        d.launcher = launcher.iter().map(|s| s.to_string()).collect();
+        d.spawn().expect("start daemon");
+        d
+    }
+
     /// Like `start`, with extra configuration appended after the `[daemon]`
     /// keys (more `[daemon]` keys, or further sections such as
     /// `[[identity.issuer]]`).
     pub fn start_with(policy: &str, extra: &str) -> Daemon {
+        let mut d = Self::configure(policy, extra, free_privileged_port());
+        // Another test process may take the port between the check and the
+        // daemon's bind: pick another one then.
+        for _ in 0..3 {
+            match d.spawn() {
+                Ok(()) => return d,
+                Err(e) if e.to_string().contains("Address already in use") => {
+                    let old = d.port;
+                    d.port = free_privileged_port();
+                    let cfg = std::fs::read_to_string(&d.config).expect("read config");
+                    std::fs::write(
+                        &d.config,
+                        cfg.replace(
+                            &format!("proxy_port = {old}\n"),
+                            &format!("proxy_port = {}\n", d.port),
+                        ),
+                    )
+                    .expect("write config");
+                }
+                Err(e) => panic!("start daemon: {e:#}"),
+            }
+        }
+        panic!("start daemon: no free privileged port");
+    }
+
+    /// Writes the daemon's directory, configuration and policy.
+    fn configure(policy: &str, extra: &str, port: u16) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("interceptor-e2e-")
             .tempdir()
             .expect("tempdir");
-        let port = free_port();
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("interceptor-test"));
         let socket = dir.path().join("control.sock");
         let db = dir.path().join("state/interceptor.db");
@@ -194,7 +324,7 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let mut d = Daemon {
+        Daemon {
             dir,
             config,
             policy: policy_path,
@@ -202,10 +332,9 @@ impl Daemon {
             db,
             pin_dir,
             port,
+            launcher: Vec::new(),
             child: None,
-        };
-        d.spawn().expect("start daemon");
-        d
+        }
     }
 
     fn log_path(&self) -> PathBuf {
@@ -218,7 +347,15 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        let child = Command::new(interceptor_bin())
+        let mut cmd = match self.launcher.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(interceptor_bin());
+                c
+            }
+            None => Command::new(interceptor_bin()),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("INTERCEPTOR_LOG", "info,interceptor=debug")

@@ -71,24 +71,14 @@ impl MariaDb {
         assert!(out.status.success(), "mariadb-install-db: {}", text(&out));
         let mut tls_args = Vec::new();
         if tls {
-            let out = Command::new("openssl")
-                .args([
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                ])
-                .args(["-subj", "/CN=localhost", "-keyout"])
-                .arg(dir.path().join("key.pem"))
-                .arg("-out")
-                .arg(dir.path().join("cert.pem"))
-                .output()
-                .expect("openssl");
-            assert!(out.status.success(), "openssl: {}", text(&out));
+            crate::make_test_certs(dir.path());
             tls_args.push(format!(
                 "--ssl-cert={}",
-                dir.path().join("cert.pem").display()
+                dir.path().join("server.crt").display()
             ));
             tls_args.push(format!(
                 "--ssl-key={}",
-                dir.path().join("key.pem").display()
+                dir.path().join("server.key").display()
             ));
         }
         chown(dir.path(), uid, gid);
@@ -140,6 +130,12 @@ impl MariaDb {
             std::thread::sleep(Duration::from_millis(100));
         }
         db
+    }
+
+    /// The CA that signed the server's certificate (servers started with
+    /// TLS): the daemon's `tls.upstream_ca_file`.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     pub fn log(&self) -> String {

@@ -102,26 +102,7 @@ impl Postgres {
             .expect("initdb");
         assert!(out.status.success(), "initdb: {}", crate::text(&out));
         if tls {
-            let out = Command::new("openssl")
-                .args([
-                    "req",
-                    "-new",
-                    "-x509",
-                    "-days",
-                    "2",
-                    "-nodes",
-                    "-subj",
-                    "/CN=localhost",
-                ])
-                .arg("-newkey")
-                .arg("rsa:2048")
-                .arg("-keyout")
-                .arg(data.join("server.key"))
-                .arg("-out")
-                .arg(data.join("server.crt"))
-                .output()
-                .expect("openssl");
-            assert!(out.status.success(), "openssl: {}", crate::text(&out));
+            crate::make_test_certs(&data);
             std::fs::set_permissions(
                 data.join("server.key"),
                 std::fs::Permissions::from_mode(0o600),
@@ -178,6 +159,12 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(100));
         }
         pg
+    }
+
+    /// The CA that signed the server's certificate (servers started with
+    /// TLS): the daemon's `tls.upstream_ca_file`.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("data").join("ca.pem")
     }
 
     pub fn log(&self) -> String {

@@ -319,7 +319,14 @@ message = "use the reporting replica"
 fn tls_on_both_legs_and_native_password_auth() {
     let db = MariaDb::start_with(true);
     setup(&db);
-    let d = Daemon::start(&policy(db.port, ""));
+    // The server's certificate is verified (the default) against the test CA.
+    let d = Daemon::start_with(
+        &policy(db.port, ""),
+        &format!(
+            "\n[tls]\nupstream_ca_file = \"{}\"\n",
+            db.ca_file().display()
+        ),
+    );
     let cg = TestCgroup::new();
     d.attach(&cg);
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use interceptor_e2e::{Daemon, TestCgroup, bash_tcp, interceptor_bin, text};
 
 const UNIT: &str = include_str!("../../systemd/interceptor.service");
+const SOCKET_UNIT: &str = include_str!("../../systemd/interceptor.socket");
 
 fn verify(unit: &Path) {
     let out = Command::new("systemd-analyze")
@@ -35,7 +36,12 @@ fn unit_verifies_and_its_exec_start_runs_the_daemon() {
     let unit = UNIT.replace("/usr/local/bin/interceptor", &bin.display().to_string());
     let path = dir.path().join("interceptor.service");
     std::fs::write(&path, &unit).unwrap();
+    std::fs::write(dir.path().join("interceptor.socket"), SOCKET_UNIT).unwrap();
     verify(&path);
+    verify(&dir.path().join("interceptor.socket"));
+    // The socket unit listens where the daemon's default proxy port is.
+    assert!(SOCKET_UNIT.contains("ListenStream=127.0.0.1:949"));
+    assert!(SOCKET_UNIT.contains("ListenStream=[::1]:949"));
 
     // Hardening that the issue asks for is really there.
     for needle in [

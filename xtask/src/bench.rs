@@ -264,6 +264,20 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// A privileged TCP port free on 127.0.0.1 and ::1 right now.
+fn free_privileged_port() -> Result<u16> {
+    let start = (std::process::id() % 600) as u16;
+    for i in 0..700u16 {
+        let port = 300 + (start + i * 7) % 700;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("::1", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no privileged port free on 127.0.0.1 and ::1")
+}
+
 fn wait_port(port: u16, what: &str, proc: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -777,7 +791,8 @@ impl Daemon {
         n: usize,
     ) -> Result<Daemon> {
         std::fs::create_dir_all(dir)?;
-        let port = free_port()?;
+        // The daemon refuses a proxy port an unprivileged process could bind.
+        let port = free_privileged_port()?;
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{PREFIX}{}-{n}", std::process::id()));
         std::fs::write(dir.join("policy.toml"), policy(ports.0, ports.1))?;
         let config = dir.join("interceptor.toml");

@@ -7,6 +7,7 @@
 //! for intercepted ports without a module: it relays bytes unchanged.
 
 pub mod gate;
+pub mod listen;
 pub mod mysql;
 pub mod postgres;
 pub mod tcp;
@@ -135,32 +136,7 @@ impl Sessions {
     }
 }
 
-/// Binds the proxy listener on 127.0.0.1 and ::1 (the addresses the eBPF
-/// programs rewrite to). ::1 is optional: hosts with IPv6 disabled still
-/// get IPv4 interception.
-pub async fn bind(port: u16) -> std::io::Result<Vec<TcpListener>> {
-    let v4 = TcpListener::bind(("127.0.0.1", port)).await?;
-    let mut out = vec![v4];
-    let v6 = socket2::Socket::new(
-        socket2::Domain::IPV6,
-        socket2::Type::STREAM.nonblocking().cloexec(),
-        None,
-    )
-    .and_then(|s| {
-        s.set_only_v6(true)?;
-        s.set_reuse_address(true)?;
-        s.bind(&SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)).into())?;
-        s.listen(1024)?;
-        TcpListener::from_std(s.into())
-    });
-    match v6 {
-        Ok(l) => out.push(l),
-        Err(e) => {
-            warn!(error = %e, "no IPv6 proxy listener on [::1]:{port}; IPv6 connects will be refused")
-        }
-    }
-    Ok(out)
-}
+pub use listen::bind;
 
 /// Accepts connections until the shutdown signal fires.
 pub async fn serve(

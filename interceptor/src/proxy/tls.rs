@@ -6,9 +6,11 @@
 //!
 //! Clients that verify the server (`sslmode=verify-full`, `--ssl-verify-server-cert`)
 //! need `ca.pem` in their trust store; `sslmode=require`-style clients work
-//! as is. Upstream certificates are not verified by default — the same
-//! guarantee `sslmode=require` gives the client — unless
-//! `tls.upstream_verify = true` (system roots plus `tls.upstream_ca_file`).
+//! as is. Upstream certificates are verified by default (system roots plus
+//! `tls.upstream_ca_file`) for the name the client asked for (its SNI) or,
+//! without one, the destination address: a client that verifies the server
+//! must not lose that guarantee because the interceptor stands between.
+//! `tls.upstream_verify = false` turns it off (encryption only).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -343,10 +345,30 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// The server name to send upstream (SNI): the IP literal of the original
-/// destination, which rustls accepts as `ServerName::IpAddress`.
-pub fn upstream_name(dst: IpAddr) -> ServerName<'static> {
-    ServerName::IpAddress(dst.into())
+/// The name the server's certificate is verified against: the name the
+/// client asked for in its TLS handshake (SNI), as the client would have
+/// verified it; without one, the original destination address.
+pub fn upstream_name(sni: Option<&str>, dst: IpAddr) -> ServerName<'static> {
+    sni.and_then(|s| ServerName::try_from(s.to_string()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(dst.into()))
+}
+
+/// What the record says about the server leg's certificate.
+pub fn verification_note(verify: bool, name: &ServerName<'_>) -> String {
+    let name = match name {
+        ServerName::DnsName(d) => d.as_ref().to_string(),
+        ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+        _ => "the server".to_string(),
+    };
+    if verify {
+        format!(
+            "TLS to the server; its certificate was verified for {name} against the system roots and tls.upstream_ca_file"
+        )
+    } else {
+        format!(
+            "TLS to the server; its certificate was NOT verified (tls.upstream_verify = false), name {name}"
+        )
+    }
 }
 
 #[cfg(test)]
@@ -401,7 +423,7 @@ mod tests {
             .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client_cfg))
-            .connect(upstream_name("127.0.0.1".parse().unwrap()), tcp)
+            .connect(upstream_name(None, "127.0.0.1".parse().unwrap()), tcp)
             .await
             .unwrap();
         let mut buf = Vec::new();

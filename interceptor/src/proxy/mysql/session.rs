@@ -187,8 +187,10 @@ async fn handshake(
         }
     }
     let client_tls = codec::is_ssl_request(&buf);
+    let mut sni = None;
     let mut client = if client_tls {
         let s = upstream::accept_client_tls(&ctx.shared, ctx.target.addr, client).await?;
+        sni = s.sni();
         let mut leg = Leg::new(s, Side::Client, cseq, max, ctx.bytes.clone());
         leg.read_expected(&mut buf, "after its TLS handshake")
             .await?;
@@ -227,7 +229,29 @@ async fn handshake(
         write_message(&mut upstream, &mut useq, &req)
             .await
             .map_err(MysqlError::io(Side::Server))?;
-        let s = upstream::connect_server_tls(&ctx.shared, ctx.target.addr, upstream).await?;
+        let (s, note) = match upstream::connect_server_tls(
+            &ctx.shared,
+            ctx.target.addr,
+            sni.as_deref(),
+            upstream,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // The client is on TLS already: tell it why, in its terms.
+                let p = codec::err_packet(
+                    errcode::UNKNOWN_ERROR,
+                    Some("08S01"),
+                    &format!("interceptor: {e} (session {})", ctx.id),
+                );
+                let _ = client.write(&p).await;
+                let _ = client.flush().await;
+                gate.note("tls", None, Some(&e.to_string())).await;
+                return Err(e);
+            }
+        };
+        gate.note("tls", Some(&note), None).await;
         Leg::new(s, Side::Server, useq, max, ctx.bytes.clone())
     } else {
         Leg::new(

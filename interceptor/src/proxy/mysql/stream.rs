@@ -23,6 +23,16 @@ pub enum Stream {
     TlsToServer(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
+impl Stream {
+    /// The name the client asked for in its TLS handshake (SNI), if any.
+    pub fn sni(&self) -> Option<String> {
+        match self {
+            Stream::TlsFromClient(t) => t.get_ref().1.server_name().map(str::to_string),
+            _ => None,
+        }
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,

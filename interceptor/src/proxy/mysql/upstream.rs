@@ -29,18 +29,23 @@ pub async fn accept_client_tls(
     Ok(Stream::TlsFromClient(Box::new(tls)))
 }
 
-/// Starts TLS to the server (after our SSLRequest).
+/// Starts TLS to the server (after our SSLRequest), verifying its
+/// certificate for `sni` (the name the client asked for) or `dst`.
+/// Returns the stream and what was verified, for the record.
 pub async fn connect_server_tls(
     shared: &Shared,
     dst: IpAddr,
+    sni: Option<&str>,
     tcp: TcpStream,
-) -> Result<Stream, MysqlError> {
+) -> Result<(Stream, String), MysqlError> {
+    let name = crate::proxy::tls::upstream_name(sni, dst);
+    let note = crate::proxy::tls::verification_note(shared.config.tls.upstream_verify, &name);
     let tls = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone())
-        .connect(crate::proxy::tls::upstream_name(dst), tcp)
+        .connect(name, tcp)
         .await
         .map_err(|e| MysqlError::Tls {
             side: Side::Server,
-            message: e.to_string(),
+            message: format!("TLS to the server failed: {e}"),
         })?;
-    Ok(Stream::TlsToServer(Box::new(tls)))
+    Ok((Stream::TlsToServer(Box::new(tls)), note))
 }

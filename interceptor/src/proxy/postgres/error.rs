@@ -51,8 +51,6 @@ pub enum PgError {
     ServerTls(std::io::Error),
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
-    #[error("cannot reconnect to the server: {0}")]
-    Reconnect(String),
     /// The server did something this proxy cannot follow.
     #[error("unexpected server behaviour: {0}")]
     Unexpected(String),

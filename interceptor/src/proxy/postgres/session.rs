@@ -137,6 +137,8 @@ enum Opening {
         client: Stream,
         server: Stream,
         body: Vec<u8>,
+        /// What was verified of the server's certificate (TLS leg only).
+        tls_note: Option<String>,
     },
     Cancel {
         key: Vec<u8>,
@@ -145,11 +147,42 @@ enum Opening {
     Closed,
 }
 
+/// The server leg once the client's TLS (if any) is settled: TLS when the
+/// server agreed, verified for the name the client asked for.
+async fn server_leg(
+    shared: &Arc<Shared>,
+    dst: SocketAddr,
+    client: &mut Stream,
+    raw: TcpStream,
+    agreed: bool,
+    note: &mut Option<String>,
+) -> Result<Stream, PgError> {
+    if !agreed {
+        if client.is_tls() {
+            info!("the client uses TLS but the server does not: the server leg is plain TCP");
+        }
+        return Ok(Stream::Plain(raw));
+    }
+    let sni = client.sni();
+    match upstream::connect_tls(shared, dst, sni.as_deref(), raw).await {
+        Ok((s, n)) => {
+            *note = Some(n);
+            Ok(s)
+        }
+        Err(e) => {
+            let m = format!("interceptor: {e}");
+            let _ = write_client(client, &codec::error_response("FATAL", "08001", &m)).await;
+            Err(e)
+        }
+    }
+}
+
 /// Start-up negotiation. The client's SSLRequest is answered as the server
 /// answers ours: `S` when the server speaks TLS (then TLS is terminated
-/// here and spoken to the server), `N` when it does not — so a client
-/// gets the same choice as without the interceptor (`sslmode=require`
-/// against a server without TLS fails the same way).
+/// here, and spoken to the server once the client's handshake has named
+/// the server it expects), `N` when it does not — so a client gets the
+/// same choice as without the interceptor (`sslmode=require` against a
+/// server without TLS fails the same way).
 async fn open_client(
     shared: &Arc<Shared>,
     dst: SocketAddr,
@@ -158,6 +191,7 @@ async fn open_client(
 ) -> Result<Opening, PgError> {
     let mut raw_upstream = Some(upstream);
     let mut server: Option<Stream> = None;
+    let mut tls_note = None;
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(PgError::ClientIo)? == 0 {
         return Ok(Opening::Closed);
@@ -165,14 +199,16 @@ async fn open_client(
     let mut stream = if first[0] == 0x16 {
         // A TLS ClientHello straight away (direct TLS negotiation): the
         // server is asked for TLS too, and used plain if it has none.
-        if let Some(raw) = raw_upstream.take() {
-            let s = upstream::negotiate(shared, dst, raw).await?;
-            if !s.is_tls() {
-                info!("direct TLS client, server without TLS: the server leg is plain TCP");
+        match raw_upstream.take() {
+            Some(mut raw) => {
+                let agreed = upstream::ask_tls(&mut raw).await?;
+                let mut client = upstream::accept_tls(shared, dst, tcp, true).await?;
+                server =
+                    Some(server_leg(shared, dst, &mut client, raw, agreed, &mut tls_note).await?);
+                client
             }
-            server = Some(s);
+            None => return Ok(Opening::Closed),
         }
-        upstream::accept_tls(shared, dst, tcp, true).await?
     } else {
         Stream::Plain(tcp)
     };
@@ -182,14 +218,14 @@ async fn open_client(
         };
         match codec::decode_startup(&body).map_err(PgError::Client)? {
             Startup::Ssl => {
-                let (Stream::Plain(mut tcp), Some(raw)) = (stream, raw_upstream.take()) else {
+                let (Stream::Plain(mut tcp), Some(mut raw)) = (stream, raw_upstream.take()) else {
                     return Err(PgError::Client(CodecError::malformed(
                         "SSLRequest",
                         "sent again",
                     )));
                 };
-                let up = match upstream::negotiate(shared, dst, raw).await {
-                    Ok(up) => up,
+                let agreed = match upstream::ask_tls(&mut raw).await {
+                    Ok(a) => a,
                     Err(e) => {
                         let m = format!("interceptor: {e}");
                         let _ = tcp
@@ -198,7 +234,7 @@ async fn open_client(
                         return Err(e);
                     }
                 };
-                if up.is_tls() {
+                if agreed {
                     tcp.write_all(b"S").await.map_err(PgError::ClientIo)?;
                     // Nothing was read past the SSLRequest, so no plaintext
                     // sent ahead of the handshake is taken for TLS data.
@@ -207,7 +243,8 @@ async fn open_client(
                     tcp.write_all(b"N").await.map_err(PgError::ClientIo)?;
                     stream = Stream::Plain(tcp);
                 }
-                server = Some(up);
+                server =
+                    Some(server_leg(shared, dst, &mut stream, raw, agreed, &mut tls_note).await?);
             }
             Startup::GssEnc => {
                 stream.write_all(b"N").await.map_err(PgError::ClientIo)?;
@@ -234,6 +271,7 @@ async fn open_client(
                     client: stream,
                     server,
                     body,
+                    tls_note,
                 });
             }
         }
@@ -270,10 +308,16 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
             client,
             server,
             body,
-        } => match session(&ctx, &mut gate, dst, client, server, &body).await {
-            Ok(reason) => reason,
-            Err(e) => ended(&mut gate, e).await,
-        },
+            tls_note,
+        } => {
+            if let Some(n) = &tls_note {
+                gate.note("tls", Some(n), None).await;
+            }
+            match session(&ctx, &mut gate, dst, client, server, &body).await {
+                Ok(reason) => reason,
+                Err(e) => ended(&mut gate, e).await,
+            }
+        }
     }
 }
 
@@ -404,7 +448,6 @@ async fn session(
         dst,
         &mut creader,
         &mut sreader,
-        &packet,
         &mut cancel,
         &mut lexing,
     )
@@ -558,7 +601,6 @@ async fn authenticate(
     dst: SocketAddr,
     client: &mut FrameReader<Stream>,
     server: &mut FrameReader<Stream>,
-    startup_packet: &[u8],
     cancel: &mut Option<CancelGuard>,
     lexing: &mut Lexing,
 ) -> Result<(), Auth> {
@@ -647,77 +689,29 @@ async fn authenticate(
                     let (_, data) = codec::decode_sasl_initial(&body).map_err(PgError::client)?;
                     let y_flag = data.is_some_and(|d| d.starts_with(b"y,"));
                     if y_flag && client_tls && server.get_mut().is_tls() {
-                        *server = plain_scram_leg(ctx, gate, dst, client, startup_packet).await?;
+                        // The client supports channel binding but was not
+                        // offered it (it cannot cross the TLS terminated
+                        // here); a server on TLS refuses that as a
+                        // downgrade. The server leg is never dropped to
+                        // plain text for it: the client is told how to
+                        // connect instead.
+                        let m = format!(
+                            "interceptor: SCRAM channel binding cannot work through the interceptor, which terminates TLS; connect with channel_binding=disable, or let the interceptor log in for you (session {})",
+                            ctx.id
+                        );
+                        write_client(
+                            client.get_mut(),
+                            &codec::error_response("FATAL", "28000", &m),
+                        )
+                        .await?;
+                        gate.note("auth_error", None, Some(&m)).await;
+                        return Err(Auth::Failed(m));
                     }
                 }
                 let out = frame_bytes(tag, &body);
                 let s = server.get_mut();
                 s.write_all(&out).await.map_err(PgError::ServerIo)?;
                 s.flush().await.map_err(PgError::ServerIo)?;
-            }
-        }
-    }
-}
-
-/// The server refuses the `y` channel-binding flag over TLS (a downgrade
-/// guard), and channel binding cannot cross the interception: reopens the
-/// server leg in plain TCP and brings it to the same SASL point.
-async fn plain_scram_leg(
-    ctx: &SessionCtx,
-    gate: &mut Gate,
-    dst: SocketAddr,
-    client: &mut FrameReader<Stream>,
-    startup_packet: &[u8],
-) -> Result<FrameReader<Stream>, Auth> {
-    warn!(
-        "SCRAM through terminated TLS: the client's channel-binding flag would be refused over TLS; continuing on a plain connection to the server"
-    );
-    gate.note(
-        "tls_downgrade",
-        Some("SCRAM-SHA-256 with a TLS client: the server leg was reopened without TLS (channel binding cannot cross the interception)"),
-        None,
-    )
-    .await;
-    let mut s = upstream::reconnect_plain(&ctx.shared, dst).await?;
-    s.write_all(startup_packet)
-        .await
-        .map_err(PgError::ServerIo)?;
-    s.flush().await.map_err(PgError::ServerIo)?;
-    let mut r = FrameReader::new(s, ctx.shared.config.limits.max_message_bytes);
-    loop {
-        match r.next_owned().await.map_err(PgError::server)? {
-            Some((b'R', body)) => {
-                if codec::auth_code(&body).map_err(PgError::server)? == 10 {
-                    return Ok(r);
-                }
-                return Err(PgError::Reconnect(
-                    "without TLS the server asks for another authentication method than SCRAM"
-                        .into(),
-                )
-                .into());
-            }
-            Some((b'E', body)) => {
-                write_client(client.get_mut(), &frame_bytes(b'E', &body)).await?;
-                let fields = codec::error_fields(&body).map_err(PgError::server)?;
-                let m = codec::error_field(&fields, b'M')
-                    .unwrap_or_default()
-                    .into_owned();
-                return Err(Auth::Failed(format!(
-                    "{m} (on the plain reconnect SCRAM needs)"
-                )));
-            }
-            Some((b'N' | b'v' | b'S', _)) => {}
-            Some((tag, _)) => {
-                return Err(PgError::Unexpected(format!(
-                    "message {:?} from the server while reopening the SCRAM exchange",
-                    tag as char
-                ))
-                .into());
-            }
-            None => {
-                return Err(
-                    PgError::Reconnect("the server closed the plain connection".into()).into(),
-                );
             }
         }
     }
@@ -2056,6 +2050,15 @@ impl BackState {
                 {
                     return self.forward(&m).await;
                 }
+                self.forward(f.raw).await
+            }
+            b'S' => {
+                // A setting changed (SET, set_config(), a function): follow
+                // the ones that decide how the server reads queries. The
+                // client loop reads them only after this statement's
+                // ReadyForQuery, which follows.
+                let (name, value) = codec::parameter_status(f.body).map_err(PgError::server)?;
+                apply_parameter(&mut lock(&self.pipe.lexing), name, value);
                 self.forward(f.raw).await
             }
             b'A' => {

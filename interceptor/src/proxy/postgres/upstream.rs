@@ -1,6 +1,5 @@
 //! Both ends of a session as byte streams (plain or TLS), and the
-//! server-side start-up: SSLRequest and TLS towards the server, and the
-//! plain reconnect SCRAM needs when TLS is terminated on both legs.
+//! server-side start-up: SSLRequest and TLS towards the server.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,6 +30,14 @@ pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 impl Stream {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
+    }
+
+    /// The name the client asked for in its TLS handshake (SNI), if any.
+    pub fn sni(&self) -> Option<String> {
+        match self {
+            Stream::Server(t) => t.get_ref().1.server_name().map(str::to_string),
+            _ => None,
+        }
     }
 
     /// Read and write halves for the two directions of the session.
@@ -121,13 +128,10 @@ pub async fn accept_tls(
     Ok(Stream::Server(Box::new(tls)))
 }
 
-/// Asks the server for TLS (SSLRequest) and, when it agrees, does the
-/// handshake. Returns the stream (TLS or plain).
-pub async fn negotiate(
-    shared: &Arc<Shared>,
-    dst: SocketAddr,
-    mut tcp: TcpStream,
-) -> Result<Stream, PgError> {
+/// Asks the server for TLS (SSLRequest): whether it agrees. The
+/// handshake waits until the client's own TLS handshake has said which name
+/// it wants the server verified for (see [`connect_tls`]).
+pub async fn ask_tls(tcp: &mut TcpStream) -> Result<bool, PgError> {
     tcp.write_all(&codec::ssl_request())
         .await
         .map_err(PgError::ServerIo)?;
@@ -136,17 +140,10 @@ pub async fn negotiate(
         .await
         .map_err(PgError::ServerIo)?;
     match answer[0] {
-        b'S' => {
-            let tls = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone())
-                .connect(crate::proxy::tls::upstream_name(dst.ip()), tcp)
-                .await
-                .map_err(PgError::ServerTls)?;
-            debug!("TLS to the server");
-            Ok(Stream::Client(Box::new(tls)))
-        }
+        b'S' => Ok(true),
         b'N' => {
             debug!("the server does not offer TLS; plain to the server");
-            Ok(Stream::Plain(tcp))
+            Ok(false)
         }
         other => Err(PgError::Unexpected(format!(
             "answer {other:#04x} to SSLRequest (expected 'S' or 'N')"
@@ -154,15 +151,21 @@ pub async fn negotiate(
     }
 }
 
-/// A new plain connection to the server, for the SCRAM case where the
-/// client's channel-binding flag would be refused over TLS.
-pub async fn reconnect_plain(shared: &Arc<Shared>, dst: SocketAddr) -> Result<Stream, PgError> {
-    let tcp = crate::proxy::upstream::connect(
-        dst,
-        shared.config.socket_mark,
-        shared.config.upstream_connect_timeout,
-    )
-    .await
-    .map_err(|e| PgError::Reconnect(e.to_string()))?;
-    Ok(Stream::Plain(tcp))
+/// The TLS handshake with the server (after it agreed), verifying its
+/// certificate for `sni` (the name the client asked for) or the
+/// destination address. Returns the stream and what was verified.
+pub async fn connect_tls(
+    shared: &Arc<Shared>,
+    dst: SocketAddr,
+    sni: Option<&str>,
+    tcp: TcpStream,
+) -> Result<(Stream, String), PgError> {
+    let name = crate::proxy::tls::upstream_name(sni, dst.ip());
+    let note = crate::proxy::tls::verification_note(shared.config.tls.upstream_verify, &name);
+    let tls = tokio_rustls::TlsConnector::from(shared.upstream_tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(PgError::ServerTls)?;
+    debug!("TLS to the server");
+    Ok((Stream::Client(Box::new(tls)), note))
 }

@@ -12,7 +12,7 @@
 //! optimizer-hint comment holding quotes, a 6-digit version, or a token
 //! starting with `$` (MySQL 9 dollar quotes).
 
-use super::{LexError, Lexing, Server, StrKind, Tok, Token};
+use super::{Encoding, LexError, Lexing, Server, StrKind, Tok, Token};
 
 fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
@@ -119,7 +119,7 @@ fn lex_from(text: &str, l: &Lexing, at: &mut usize) -> Result<Vec<Token>, LexErr
             i += 2;
             push(&mut out, Tok::ExecMarker, start, i);
         } else if c == b'\'' || (c == b'"' && !l.ansi_quotes) {
-            let (value, end) = string(text, i, c, l.backslash_escapes)?;
+            let (value, end) = string(text, i, c, l)?;
             i = end;
             push(
                 &mut out,
@@ -135,7 +135,7 @@ fn lex_from(text: &str, l: &Lexing, at: &mut usize) -> Result<Vec<Token>, LexErr
             i = end;
             push(&mut out, Tok::QIdent(value), start, i);
         } else if matches!(c, b'n' | b'N') && next == Some(b'\'') {
-            let (value, end) = string(text, i + 1, b'\'', l.backslash_escapes)?;
+            let (value, end) = string(text, i + 1, b'\'', l)?;
             i = end;
             push(
                 &mut out,
@@ -336,7 +336,19 @@ fn number_end(b: &[u8], mut i: usize) -> usize {
 
 /// A string literal with quote `q` at `i`: its value (unescaped as the
 /// server does) and end.
-fn string(text: &str, i: usize, q: u8, backslash: bool) -> Result<(String, usize), LexError> {
+///
+/// The server skips one *byte* after a backslash, not one character: after
+/// `\` a two-byte character's lead byte is escaped, and its trail byte —
+/// `0x5c` in Shift-JIS, Big5, GBK and GB18030 — is read again as a
+/// backslash. So in those character sets a backslash before a non-ASCII
+/// character is refused (UTF-8 and single-byte sets have no ASCII trail
+/// bytes: there the difference cannot change where the literal ends).
+fn string(text: &str, i: usize, q: u8, l: &Lexing) -> Result<(String, usize), LexError> {
+    let backslash = l.backslash_escapes;
+    let ascii_trails = matches!(
+        l.encoding,
+        Encoding::ShiftJis | Encoding::Big5 | Encoding::Gbk | Encoding::Gb18030 | Encoding::Uhc
+    );
     let b = text.as_bytes();
     let mut value = String::new();
     let mut j = i + 1;
@@ -350,6 +362,11 @@ fn string(text: &str, i: usize, q: u8, backslash: bool) -> Result<(String, usize
             let Some(e) = text[j + 1..].chars().next() else {
                 return Err(LexError::new("an unterminated string"));
             };
+            if ascii_trails && !e.is_ascii() {
+                return Err(LexError::new(
+                    "a backslash before a multi-byte character (the server escapes its first byte only)",
+                ));
+            }
             match e {
                 'n' => value.push('\n'),
                 't' => value.push('\t'),
@@ -426,8 +443,8 @@ fn variable(text: &str, i: usize, l: &Lexing, out: &mut Vec<Token>) -> Result<us
         return Ok(j);
     }
     let (name, end) = match b.get(i + 1) {
-        Some(b'\'') => string(text, i + 1, b'\'', l.backslash_escapes)?,
-        Some(b'"') if !l.ansi_quotes => string(text, i + 1, b'"', l.backslash_escapes)?,
+        Some(b'\'') => string(text, i + 1, b'\'', l)?,
+        Some(b'"') if !l.ansi_quotes => string(text, i + 1, b'"', l)?,
         Some(&q @ (b'`' | b'"')) => quoted_ident(text, i + 1, q)?,
         _ => {
             let mut j = i + 1;

@@ -295,3 +295,21 @@ fn ansi_quotes_make_double_quotes_columns() {
     let s = classify_with("SELECT upper(\"password\") FROM users", &MARIADB).unwrap();
     assert!(s[0].columns.is_empty());
 }
+
+#[test]
+fn a_backslash_before_a_multibyte_character_is_refused_where_trails_are_ascii() {
+    // The server escapes the lead byte only; the 0x5c trail then escapes
+    // the quote after it.
+    let gbk = Lexing {
+        encoding: Encoding::Gbk,
+        ..MARIADB
+    };
+    let e = classify_bytes(b"SELECT '\\\x95\x5c' , ' ; DELETE FROM t; -- '", &gbk).unwrap_err();
+    assert!(
+        e.to_string().contains("backslash before a multi-byte"),
+        "{e}"
+    );
+    // In UTF-8 no trail byte is ASCII: the same shape is fine.
+    let s = classify_with("SELECT '\\é', 1", &MARIADB).unwrap();
+    assert_eq!(s.len(), 1);
+}
