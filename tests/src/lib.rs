@@ -9,6 +9,7 @@
 
 pub mod mariadb;
 pub mod servers;
+pub mod wire;
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;

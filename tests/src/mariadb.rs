@@ -45,6 +45,15 @@ impl MariaDb {
 
     /// With `tls`, the server offers TLS with a fresh self-signed certificate.
     pub fn start_with(tls: bool) -> MariaDb {
+        Self::start_full(tls, &[])
+    }
+
+    /// Starts with extra server options (`--performance-schema=ON`, …).
+    pub fn start_args(extra: &[&str]) -> MariaDb {
+        Self::start_full(false, extra)
+    }
+
+    fn start_full(tls: bool, extra: &[&str]) -> MariaDb {
         let dir = tempfile::Builder::new()
             .prefix("interceptor-mariadb-")
             .tempdir()
@@ -106,6 +115,7 @@ impl MariaDb {
                 "--max-allowed-packet=64M",
             ])
             .args(&tls_args)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
