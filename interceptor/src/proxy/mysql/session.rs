@@ -854,8 +854,9 @@ impl Session {
         stmt: Option<u32>,
         classified: &Classified,
     ) -> Result<bool, MysqlError> {
-        let masks = self.masks();
+        // One copy per response: the session is borrowed mutably below.
         let all = self.gate.masks().clone();
+        let masks = (!all.is_empty()).then_some(&all);
         let withheld = self.withheld();
         let mut counter = RowCounter::new(self.result_limit());
         let mut outcomes = Outcomes::new(seqs, classified);
@@ -914,7 +915,7 @@ impl Session {
                     let end = self
                         .result_set(
                             binary,
-                            masks.as_ref(),
+                            masks,
                             stmt,
                             (classified, belongs),
                             withhold,
@@ -1086,13 +1087,12 @@ impl Session {
         withhold: Option<&str>,
         counter: &mut RowCounter,
     ) -> Result<SetEnd, MysqlError> {
-        let errors = self.gate.masks().clone();
         let r = Relay {
             binary,
             deprecate_eof: self.deprecate_eof,
             masks,
             plans,
-            errors: &errors,
+            errors: self.gate.masks(),
             withhold,
             session: self.id,
         };
