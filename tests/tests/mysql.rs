@@ -540,3 +540,233 @@ os._exit(0)
     assert!(out.status.success(), "{}\n{}", text(&out), d.log());
     assert!(stdout(&out).contains('2'));
 }
+
+#[test]
+fn masking_follows_the_data_and_server_texts_are_withheld() {
+    ensure_connector();
+    let db = MariaDb::start();
+    setup(&db);
+    db.admin_ok("CREATE TABLE shop.nums (n INT);");
+    let d = Daemon::start(&policy(db.port, ""));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    // Text protocol: aliases, expressions, subqueries and derived tables
+    // of `password` come back masked; a CAST that warns, an INSERT that
+    // fails quoting the value: their texts are withheld.
+    let script = "SELECT id, password AS p FROM customers ORDER BY id;
+SELECT upper(password) FROM customers ORDER BY id;
+SELECT concat(password, '') AS c FROM customers ORDER BY id;
+SELECT id, (SELECT password FROM customers c2 WHERE c2.id = c.id) AS sub FROM customers c ORDER BY id;
+SELECT x FROM (SELECT password AS x FROM customers) d ORDER BY x;
+SELECT CAST(password AS SIGNED) AS n FROM customers ORDER BY id;
+SHOW WARNINGS;
+SELECT 'marker-1' AS m;
+SHOW WARNINGS;
+INSERT INTO nums (n) SELECT password FROM customers;
+SHOW ERRORS;
+SELECT nosuch FROM customers;
+SELECT name FROM customers WHERE id = 1;
+SELECT CAST(name AS SIGNED) AS n FROM customers WHERE id = 1;
+SHOW WARNINGS;
+";
+    let out = db.mysql(Some(&cg), "app", "secret", &["--force", "shop"], script);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(
+        !o.contains("hunter2") && !e.contains("hunter2") && !o.contains("s3cret"),
+        "a masked value reached the client: {}",
+        text(&out)
+    );
+    assert!(
+        !o.to_lowercase().contains("hunter") && !o.contains("S3CRET"),
+        "{}",
+        text(&out)
+    );
+    assert!(o.contains("p\n1\t****\n2\t****\n"), "alias: {}", text(&out));
+    assert!(o.contains("sub\n1\t****\n"), "subquery: {}", text(&out));
+    assert!(o.contains("c\n****\n"), "expression: {}", text(&out));
+    // The warnings the CAST left (one per row) keep their level and code,
+    // not their message, also after a statement that uses no table (which
+    // leaves the server's list as it was).
+    let withheld = o
+        .matches("Warning\t1292\tinterceptor: message withheld")
+        .count();
+    assert!(withheld >= 2, "{}", text(&out));
+    // The failed INSERT: native code and SQLSTATE, message withheld.
+    assert!(
+        e.contains("ERROR 1366 (22007)")
+            && e.contains("withheld because the statement reads masked columns"),
+        "{}",
+        text(&out)
+    );
+    assert!(e.contains("session "), "{}", text(&out));
+    // Errors of statements that touch no masked column are shown.
+    assert!(e.contains("Unknown column 'nosuch'"), "{}", text(&out));
+    // After a statement on a table that touches none, the server's list
+    // is emptied and new warnings are shown in full.
+    assert!(
+        o.contains("Warning\t1292\tTruncated incorrect") && o.contains("'Alice'"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(db.admin_ok("SELECT COUNT(*) FROM shop.nums").trim(), "0");
+
+    let (_, events) = events_of(&d, |s| s["comm"] == "mysql" && s["protocol"] == "mysql");
+    assert!(
+        !events.iter().any(|e| e.to_string().contains("hunter2")),
+        "the raw value reached the record: {events:#?}"
+    );
+    let insert = events
+        .iter()
+        .find(|e| {
+            e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("INSERT INTO nums"))
+        })
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert!(
+        insert["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ERROR 1366"),
+        "{insert:#}"
+    );
+
+    // Binary protocol through a real driver.
+    let script = r#"
+import sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app", password="secret",
+                            database="shop", use_pure=True, ssl_disabled=True)
+cur = c.cursor(prepared=True)
+cur.execute("SELECT password AS p, upper(password) AS u, id FROM customers WHERE id = ?", (1,))
+print("alias", [str(v) for v in cur.fetchall()[0]])
+cur.execute("SELECT (SELECT password FROM customers WHERE id = ?) AS s", (2,))
+print("sub", [str(v) for v in cur.fetchall()[0]])
+cur.execute("SELECT CAST(password AS SIGNED) AS n FROM customers WHERE id = ?", (1,))
+print("cast", [str(v) for v in cur.fetchall()[0]])
+w = c.cursor()
+w.execute("SHOW WARNINGS")
+print("warnings", w.fetchall())
+try:
+    cur.execute("INSERT INTO nums (n) SELECT password FROM customers WHERE id > ?", (0,))
+    print("inserted")
+except mysql.connector.Error as e:
+    print("err", e.errno, e.sqlstate, e.msg)
+c.close()
+"#;
+    let out = python(Some(&cg), script, &[&db.port.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(
+        !o.contains("hunter2") && !o.to_lowercase().contains("s3cret"),
+        "{o}"
+    );
+    assert!(o.contains("alias ['****', '****', '1']"), "{o}");
+    assert!(o.contains("sub ['****']"), "{o}");
+    assert!(o.contains("cast ['0']"), "a masked number is zero: {o}");
+    assert!(o.contains("interceptor: message withheld"), "{o}");
+    assert!(
+        o.contains("err 1366 22007") && o.contains("withheld"),
+        "{o}"
+    );
+}
+
+#[test]
+fn a_result_limit_stops_a_large_result() {
+    ensure_connector();
+    let db = MariaDb::start();
+    setup(&db);
+    db.admin_ok("CREATE TABLE shop.many (i INT PRIMARY KEY); INSERT INTO shop.many SELECT seq FROM shop.seq_1_to_100;");
+    let extra = "\n[[limit]]\nname = \"five\"\nrows = 5\n";
+    let d = Daemon::start(&policy(db.port, extra));
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+
+    let script = "SELECT i FROM many ORDER BY i;
+SELECT COUNT(*) AS c FROM many;
+SELECT i FROM many WHERE i <= 5 ORDER BY i;
+DELIMITER //
+SELECT 'first' AS a; SELECT i FROM many ORDER BY i; SELECT 'after' AS b //
+DELIMITER ;
+SELECT 'usable' AS z;
+";
+    let started = Instant::now();
+    let out = db.mysql(Some(&cg), "app", "secret", &["--force", "shop"], script);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(
+        e.contains("ERROR 1104 (42000)")
+            && e.contains("result exceeds limit \"five\" (more than 5 rows)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(e.matches("ERROR 1104").count(), 2, "{}", text(&out));
+    assert!(
+        !o.lines().any(|l| l == "6" || l == "99"),
+        "no row past the bound: {}",
+        text(&out)
+    );
+    assert!(
+        o.contains("c\n100\n"),
+        "the session went on: {}",
+        text(&out)
+    );
+    assert!(
+        o.contains("1\n2\n3\n4\n5\n"),
+        "a result at the bound: {}",
+        text(&out)
+    );
+    assert!(o.contains("first"), "{}", text(&out));
+    assert!(!o.contains("after"), "drained, not relayed: {}", text(&out));
+    assert!(o.contains("usable"), "{}", text(&out));
+    eprintln!("limit script took {:?}", started.elapsed());
+
+    let (_, events) = events_of(&d, |s| s["comm"] == "mysql" && s["protocol"] == "mysql");
+    let limited = events
+        .iter()
+        .find(|e| e["text"] == "SELECT i FROM many ORDER BY i")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(limited["rows"], 5, "{limited:#}");
+    assert!(
+        limited["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("result exceeds limit \"five\""),
+        "{limited:#}"
+    );
+    let after = events
+        .iter()
+        .find(|e| e["text"] == "SELECT 'after' AS b")
+        .unwrap_or_else(|| panic!("{events:#?}"));
+    assert_eq!(after["rows"], 1, "it ran on the server: {after:#}");
+
+    // Binary protocol, through the connector's C extension (libmysqlclient):
+    // the pure-Python implementation (9.1) cannot read an ERR that follows
+    // binary rows (it repeats the last row and waits), whoever sends it.
+    let script = r#"
+import sys, mysql.connector
+c = mysql.connector.connect(host="127.0.0.1", port=int(sys.argv[1]), user="app", password="secret",
+                            database="shop", use_pure=False, ssl_disabled=True)
+cur = c.cursor(prepared=True)
+try:
+    cur.execute("SELECT i FROM many WHERE i > ? ORDER BY i", (0,))
+    print("rows", len(cur.fetchall()))
+except mysql.connector.Error as e:
+    # The C extension (9.1) forgets to clear its "unread result" flag
+    # after an error in a prepared statement's fetch (libmysqlclient has
+    # read the ERR: nothing is left unread).
+    print("err", e.msg)
+    c._unread_result = False
+cur = c.cursor(prepared=True)
+cur.execute("SELECT COUNT(*) FROM many WHERE i > ?", (0,))
+print("count", cur.fetchall()[0][0])
+c.close()
+"#;
+    let out = python(Some(&cg), script, &[&db.port.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let o = stdout(&out);
+    assert!(
+        o.contains("err Error while fetching: interceptor: result exceeds limit \"five\""),
+        "{o}"
+    );
+    assert!(o.contains("count 100"), "{o}");
+}

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
                     column_type,
                     kind: codec::value_kind(column_type, if b & 8 != 0 { 63 } else { 45 }),
                     masked: b & 16 != 0,
+                    withheld: b & 32 != 0,
                 }
             })
             .collect();

@@ -209,6 +209,8 @@ pub mod errcode {
     pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
     /// ER_UNKNOWN_ERROR: the proxy cannot go on (recording failed, ...).
     pub const UNKNOWN_ERROR: u16 = 1105;
+    /// ER_TOO_BIG_SELECT: a result stopped by a `[[limit]]`.
+    pub const TOO_BIG_SELECT: u16 = 1104;
 }
 
 // ---------------------------------------------------------------------------
@@ -838,13 +840,23 @@ pub fn value_kind(column_type: u8, charset: u16) -> ValueKind {
     }
 }
 
+/// What replaces the `Message` of `SHOW WARNINGS` / `SHOW ERRORS` rows
+/// that may quote a masked value.
+pub const WITHHELD_MESSAGE: &str =
+    "interceptor: message withheld because an earlier statement read masked columns";
+
 /// What to do with one column's values, decided once per result set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColumnPlan {
     pub column_type: u8,
     pub kind: ValueKind,
-    /// A `[[mask]] columns` rule matches the column (name or original name).
+    /// Masked whole: a `[[mask]] columns` rule matches the column (name or
+    /// original name), or the statement's lineage says its values may come
+    /// from a masked column (OR-ed in by the session).
     pub masked: bool,
+    /// A server message that may quote a masked value: every value is
+    /// replaced with [`WITHHELD_MESSAGE`] (takes precedence over `masked`).
+    pub withheld: bool,
 }
 
 impl ColumnPlan {
@@ -856,12 +868,15 @@ impl ColumnPlan {
                 || (!def.org_name.is_empty()
                     && def.org_name != def.name
                     && masks.column_masked(&def.org_name)),
+            withheld: false,
         }
     }
 
     /// Whether values of this column may change.
     pub fn active(&self, masks: &ActiveMasks) -> bool {
-        self.masked || (self.kind == ValueKind::Text && !masks.detectors().is_empty())
+        self.masked
+            || self.withheld
+            || (self.kind == ValueKind::Text && !masks.detectors().is_empty())
     }
 }
 
@@ -878,6 +893,9 @@ pub fn no_masks() -> ActiveMasks {
 
 /// The masked form of a string-encoded value, or `None` to keep it.
 fn mask_string(plan: &ColumnPlan, v: &[u8], masks: &ActiveMasks) -> Option<Cow<'static, str>> {
+    if plan.withheld {
+        return Some(Cow::Borrowed(WITHHELD_MESSAGE));
+    }
     match plan.kind {
         ValueKind::Text => match std::str::from_utf8(v) {
             Ok(s) => masks
@@ -996,7 +1014,7 @@ pub fn mask_binary_row(
         match layout {
             Layout::Fixed(n) => {
                 c.take(n, W)?;
-                if plan.masked {
+                if plan.masked || plan.withheld {
                     out.resize(out.len() + n, 0);
                     changed = true;
                 } else {
@@ -1006,7 +1024,7 @@ pub fn mask_binary_row(
             Layout::LenByte => {
                 let n = c.u8(W)?;
                 c.take(usize::from(n), W)?;
-                if plan.masked {
+                if plan.masked || plan.withheld {
                     out.push(0);
                     changed = true;
                 } else {

@@ -6,11 +6,16 @@
 //! Shape (as every protocol module): [`codec`] (framing and messages, pure),
 //! [`stream`] (buffered framed I/O per leg), [`session`] (handshake and
 //! command loop), [`lexing`] (following how the server reads the session's
-//! queries), [`upstream`] (TLS on either leg), [`error`].
+//! queries), [`results`] (which statement each result belongs to, what to
+//! mask and withhold, `[[limit]]` counting; pure), [`relay`] (relaying and
+//! draining rows over any transport), [`upstream`] (TLS on either leg),
+//! [`error`].
 
 pub mod codec;
 pub mod error;
 pub mod lexing;
+pub mod relay;
+pub mod results;
 pub mod session;
 pub mod stream;
 pub mod upstream;

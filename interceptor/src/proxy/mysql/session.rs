@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use policy::sql::Lexing;
 use policy::sql::lex::charset;
-use policy::{ActiveMasks, Decision, Operation, SqlError, SqlStatement, StatementKind};
+use policy::{
+    ActiveMasks, Decision, LimitExceeded, Operation, ResultLimit, SqlError, SqlStatement,
+    StatementKind,
+};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
@@ -19,6 +22,8 @@ use super::codec::{
 };
 use super::error::{CodecError, MysqlError, Side};
 use super::lexing::{self, SessionLexing};
+use super::relay::{self, MAX_COLUMNS, Relay, SetEnd, err_text};
+use super::results::{self, Belongs, End, ResultMap, RowCounter};
 use super::stream::{Leg, Read, Stream, read_message, write_message};
 use super::upstream;
 use crate::proxy::SessionCtx;
@@ -27,9 +32,6 @@ use crate::record::RecordError;
 
 /// Buffers larger than this are shrunk between commands.
 const KEEP_BUFFER: usize = 1 << 20;
-
-/// Most columns a result set may announce (MySQL's limit is 4096).
-const MAX_COLUMNS: u64 = 65_535;
 
 /// A prepared statement the server holds for this session.
 struct Prepared {
@@ -49,6 +51,12 @@ struct Prepared {
     /// Column definitions of the last execution's result (for cursor
     /// fetches), kept only while masks are active.
     plans: Option<Vec<ColumnPlan>>,
+    /// Rows and bytes of the open cursor's result fetched so far (counted
+    /// against `[[limit]]`).
+    fetched: (u64, u64),
+    /// The open cursor's result went past a limit: further fetches get
+    /// this error until the statement is executed again.
+    limited: Option<LimitExceeded>,
 }
 
 /// Runs one session; returns why it ended.
@@ -71,6 +79,7 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
             database: h.database,
             stmts: HashMap::new(),
             last_stmt: None,
+            tainted: false,
             lex: SessionLexing::new(&h.server_version),
             buf: h.buf,
             out: Vec::new(),
@@ -361,51 +370,53 @@ where
     }
 }
 
-/// How a result ended.
-struct SetEnd {
-    rows: i64,
-    status: u16,
-    error: Option<String>,
-}
-
 /// Per-statement outcomes of a response with several results.
 struct Outcomes<'a> {
     seqs: &'a [i64],
-    /// Index into `seqs` of the result being read.
-    idx: usize,
+    /// Which statement each result belongs to.
+    map: ResultMap,
     rows: i64,
     started: Instant,
 }
 
 impl<'a> Outcomes<'a> {
-    fn new(seqs: &'a [i64]) -> Outcomes<'a> {
+    fn new(seqs: &'a [i64], classified: &Result<Vec<SqlStatement>, SqlError>) -> Outcomes<'a> {
         Outcomes {
             seqs,
-            idx: 0,
+            map: ResultMap::new(classified),
             rows: 0,
             started: Instant::now(),
         }
     }
 
-    /// Records the end of one result; results beyond the last statement
-    /// (a CALL's result sets) add to the last statement's outcome.
-    async fn done(&mut self, gate: &Gate, rows: Option<i64>, error: Option<String>, more: bool) {
+    /// Records the end of one result (`end`: how it ended; `None` for an
+    /// ERR). A statement with several results (a CALL's result sets and
+    /// its OK) adds them up; results whose statement is unknown add to the
+    /// statement where the proxy lost track.
+    async fn done(
+        &mut self,
+        gate: &Gate,
+        end: Option<End>,
+        rows: Option<i64>,
+        error: Option<String>,
+        more: bool,
+    ) {
         if let Some(r) = rows {
             self.rows += r;
         }
-        let Some(&seq) = self.seqs.get(self.idx).or(self.seqs.last()) else {
-            return;
-        };
-        let rows = (rows.is_some() || self.rows > 0).then_some(self.rows);
-        gate.outcome(
-            seq,
-            Some(self.started.elapsed().as_micros() as i64),
-            rows,
-            error,
-        )
-        .await;
-        if more && self.idx + 1 < self.seqs.len() {
-            self.idx += 1;
+        if let Some(&seq) = self.seqs.get(self.map.index()).or(self.seqs.last()) {
+            let rows = (rows.is_some() || self.rows > 0).then_some(self.rows);
+            gate.outcome(
+                seq,
+                Some(self.started.elapsed().as_micros() as i64),
+                rows,
+                error,
+            )
+            .await;
+        }
+        if let Some(end) = end
+            && self.map.ended(end, more)
+        {
             self.rows = 0;
             self.started = Instant::now();
         }
@@ -424,6 +435,10 @@ pub(super) struct Session {
     database: Option<String>,
     stmts: HashMap<u32, Prepared>,
     last_stmt: Option<u32>,
+    /// The server's list of warnings and errors may quote values of masked
+    /// columns (see [`results::taint_after`]): `SHOW WARNINGS` / `SHOW
+    /// ERRORS` messages are withheld and `GET DIAGNOSTICS` is refused.
+    tainted: bool,
     /// How the server reads this session's queries.
     lex: SessionLexing,
     /// Server messages.
@@ -613,6 +628,46 @@ impl Session {
         (!m.is_empty()).then(|| m.clone())
     }
 
+    /// The `[[limit]]` bounds for this session's results, from the policy
+    /// in force now (a reload applies to the next command).
+    fn result_limit(&self) -> Option<ResultLimit> {
+        self.gate
+            .shared()
+            .policy()
+            .result_limit(&self.gate.workload, &self.gate.target)
+    }
+
+    /// The text replacing server messages that may quote masked values.
+    fn withheld(&self) -> String {
+        results::withheld_error(self.id)
+    }
+
+    /// Refuses (after it was judged and recorded, before it is forwarded) a
+    /// text that could copy the server's diagnostics, which may quote
+    /// masked values, somewhere the proxy cannot mask them (see
+    /// [`results::reads_diagnostics`]). Returns whether it was refused.
+    async fn refuse_diagnostics(
+        &mut self,
+        classified: &Result<Vec<SqlStatement>, SqlError>,
+        text: &str,
+        seqs: &[i64],
+    ) -> Result<bool, MysqlError> {
+        if !results::reads_diagnostics(self.gate.masks(), classified, text, self.tainted) {
+            return Ok(false);
+        }
+        let message = format!(
+            "interceptor: refused because it can read the server's diagnostics (GET DIAGNOSTICS, EXECUTE), which may quote values of masked columns read by an earlier statement (session {})",
+            self.id
+        );
+        let p = codec::err_packet(errcode::SPECIFIC_ACCESS_DENIED, Some("42000"), &message);
+        self.client.write(&p).await?;
+        self.client.flush().await?;
+        if let Some(&seq) = seqs.first() {
+            self.gate.outcome(seq, None, None, err_text(&p)).await;
+        }
+        Ok(true)
+    }
+
     // -- text protocol -----------------------------------------------------
 
     /// Reads query bytes as the server will (asking it for its settings
@@ -671,9 +726,12 @@ impl Session {
         if !j.allowed {
             return self.deny(&j).await;
         }
+        if self.refuse_diagnostics(&classified, &text, &j.seqs).await? {
+            return Ok(());
+        }
         let use_db = single_use(&classified);
         self.forward(msg).await?;
-        let ok = self.results(&j.seqs, false, None).await?;
+        let ok = self.results(&j.seqs, false, None, &classified).await?;
         self.ran(&classified);
         if ok && let Some(db) = use_db {
             self.database = Some(db);
@@ -746,19 +804,25 @@ impl Session {
         self.forward(msg).await?;
         let started = Instant::now();
         let mut n = 0i64;
+        let mut error = None;
         loop {
             self.server
                 .read_expected(&mut self.buf, "in the middle of a response")
                 .await?;
+            if self.buf.first() == Some(&0xff) {
+                error = Some(
+                    relay::relay_err(&mut self.client, &self.buf, None, self.gate.masks()).await?,
+                );
+                break;
+            }
             self.client.write(&self.buf).await?;
-            if self.buf.first() == Some(&0xff) || is_terminator(&self.buf, self.deprecate_eof) {
+            if is_terminator(&self.buf, self.deprecate_eof) {
                 break;
             }
             n += 1;
         }
         self.client.flush().await?;
         if let Some(&seq) = j.seqs.first() {
-            let error = err_text(&self.buf);
             self.gate
                 .outcome(
                     seq,
@@ -778,9 +842,13 @@ impl Session {
         self.server
             .read_expected(&mut self.buf, "before answering")
             .await?;
-        self.client.write(&self.buf).await?;
+        let error = if self.buf.first() == Some(&0xff) {
+            Some(relay::relay_err(&mut self.client, &self.buf, None, self.gate.masks()).await?)
+        } else {
+            self.client.write(&self.buf).await?;
+            None
+        };
         self.client.flush().await?;
-        let error = err_text(&self.buf);
         let ok = error.is_none();
         if let Some(seq) = seq {
             let rows = if self.buf.first() == Some(&0) {
@@ -800,20 +868,30 @@ impl Session {
 
     /// Relays the results of COM_QUERY or COM_STMT_EXECUTE: OK, ERR,
     /// LOCAL INFILE requests and result sets, following
-    /// SERVER_MORE_RESULTS_EXISTS. Returns whether no ERR came.
+    /// SERVER_MORE_RESULTS_EXISTS, each masked and limited as the statement
+    /// it belongs to requires. Returns whether no ERR came (the proxy's
+    /// own limit ERR included).
     async fn results(
         &mut self,
         seqs: &[i64],
         binary: bool,
         stmt: Option<u32>,
+        classified: &Classified,
     ) -> Result<bool, MysqlError> {
-        let masks = self.masks();
-        let mut outcomes = Outcomes::new(seqs);
+        // One copy per response: the session is borrowed mutably below.
+        let all = self.gate.masks().clone();
+        let masks = (!all.is_empty()).then_some(&all);
+        let withheld = self.withheld();
+        let mut counter = RowCounter::new(self.result_limit());
+        let mut outcomes = Outcomes::new(seqs, classified);
         let mut ok = true;
         loop {
             self.server
                 .read_expected(&mut self.buf, "before answering")
                 .await?;
+            let belongs = outcomes.map.belongs();
+            let touched = results::touches(&all, classified, belongs);
+            let withhold = touched.then_some(withheld.as_str());
             match self.buf.first().copied() {
                 None => {
                     return Err(MysqlError::Codec {
@@ -825,18 +903,29 @@ impl Session {
                     let p = codec::parse_ok(&self.buf).map_err(MysqlError::codec(Side::Server))?;
                     self.client.write(&self.buf).await?;
                     self.lex.status(p.status);
+                    self.tainted =
+                        results::taint_after(self.tainted, &all, classified, belongs, true);
                     let more = p.status & status::MORE_RESULTS_EXISTS != 0;
                     outcomes
-                        .done(&self.gate, Some(p.affected_rows as i64), None, more)
+                        .done(
+                            &self.gate,
+                            Some(End::Ok),
+                            Some(p.affected_rows as i64),
+                            None,
+                            more,
+                        )
                         .await;
                     if !more {
                         break;
                     }
                 }
                 Some(0xff) => {
-                    self.client.write(&self.buf).await?;
+                    let error =
+                        relay::relay_err(&mut self.client, &self.buf, withhold, &all).await?;
+                    self.tainted =
+                        results::taint_after(self.tainted, &all, classified, belongs, false);
                     outcomes
-                        .done(&self.gate, None, err_text(&self.buf), false)
+                        .done(&self.gate, None, None, Some(error), false)
                         .await;
                     ok = false;
                     break;
@@ -846,15 +935,35 @@ impl Session {
                     self.local_infile().await?;
                 }
                 Some(_) => {
-                    let end = self.result_set(binary, masks.as_ref(), stmt).await?;
-                    if end.error.is_none() {
+                    counter.reset();
+                    let end = self
+                        .result_set(
+                            binary,
+                            masks,
+                            stmt,
+                            (classified, belongs),
+                            withhold,
+                            &mut counter,
+                        )
+                        .await?;
+                    let failed = end.error.is_some();
+                    if !failed || end.limited {
                         self.lex.status(end.status);
                     }
-                    let more = end.error.is_none() && end.status & status::MORE_RESULTS_EXISTS != 0;
-                    let failed = end.error.is_some();
+                    self.tainted =
+                        results::taint_after(self.tainted, &all, classified, belongs, !failed);
+                    let more =
+                        (!failed || end.limited) && end.status & status::MORE_RESULTS_EXISTS != 0;
+                    let set_end = (!failed || end.limited).then_some(End::Set);
                     outcomes
-                        .done(&self.gate, Some(end.rows), end.error, more)
+                        .done(&self.gate, set_end, Some(end.rows), end.error, more)
                         .await;
+                    if end.limited && more {
+                        // The client got its ERR: this response is over for
+                        // it; the server's is not.
+                        self.drain_results(binary, classified, &mut outcomes, &all)
+                            .await?;
+                    }
                     if failed {
                         ok = false;
                         break;
@@ -867,6 +976,44 @@ impl Session {
         }
         self.client.flush().await?;
         Ok(ok)
+    }
+
+    /// Reads and discards the rest of a response after a result stopped by
+    /// a `[[limit]]`, recording each result's outcome (those statements
+    /// ran on the server).
+    async fn drain_results(
+        &mut self,
+        binary: bool,
+        classified: &Classified,
+        outcomes: &mut Outcomes<'_>,
+        all: &ActiveMasks,
+    ) -> Result<(), MysqlError> {
+        let withheld = self.withheld();
+        loop {
+            let belongs = outcomes.map.belongs();
+            let withhold = results::touches(all, classified, belongs).then_some(withheld.as_str());
+            let d = relay::drain_result(
+                &mut self.server,
+                &mut self.buf,
+                self.deprecate_eof,
+                binary,
+                withhold,
+                all,
+            )
+            .await?;
+            if d.end.is_some() {
+                self.lex.status(d.status);
+            }
+            self.tainted =
+                results::taint_after(self.tainted, all, classified, belongs, d.end.is_some());
+            let more = d.more();
+            outcomes
+                .done(&self.gate, d.end, d.rows, d.error, more)
+                .await;
+            if !more {
+                return Ok(());
+            }
+        }
     }
 
     /// LOAD DATA LOCAL INFILE: the client sends the file's contents, ending
@@ -886,11 +1033,16 @@ impl Session {
     }
 
     /// Relays one result set whose column count is in `self.buf`.
+    /// `of` is the classified text and which of its statements the result
+    /// belongs to; `withhold` replaces server error messages.
     async fn result_set(
         &mut self,
         binary: bool,
         masks: Option<&ActiveMasks>,
         stmt: Option<u32>,
+        of: (&Classified, Belongs),
+        withhold: Option<&str>,
+        counter: &mut RowCounter,
     ) -> Result<SetEnd, MysqlError> {
         let count = codec::Cursor::new(&self.buf)
             .lenenc("column count")
@@ -903,6 +1055,7 @@ impl Session {
         }
         self.client.write(&self.buf).await?;
         let mut plans = Vec::new();
+        let mut labels = Vec::new();
         for _ in 0..count {
             self.server
                 .read_expected(&mut self.buf, "in the middle of a result set")
@@ -911,11 +1064,17 @@ impl Session {
                 let def =
                     codec::parse_column_def(&self.buf).map_err(MysqlError::codec(Side::Server))?;
                 plans.push(ColumnPlan::new(&def, m));
+                labels.push(def.name);
             }
             self.client.write(&self.buf).await?;
         }
+        if let Some(m) = masks {
+            results::plan_result(&mut plans, &labels, m, (&**of.0, of.1), self.tainted);
+        }
         if let Some(st) = stmt.and_then(|id| self.stmts.get_mut(&id)) {
             st.plans = masks.map(|_| plans.clone());
+            st.fetched = (0, 0);
+            st.limited = None;
         }
         if !self.deprecate_eof {
             self.server
@@ -936,60 +1095,40 @@ impl Session {
                     rows: 0,
                     status: st,
                     error: None,
+                    limited: false,
                 });
             }
         }
-        self.rows(binary, masks, &plans).await
+        self.rows(binary, masks, &plans, withhold, counter).await
     }
 
-    /// Relays rows up to the result's terminator (or an ERR).
+    /// Relays rows up to the result's terminator (or an ERR, or a limit).
     async fn rows(
         &mut self,
         binary: bool,
         masks: Option<&ActiveMasks>,
         plans: &[ColumnPlan],
+        withhold: Option<&str>,
+        counter: &mut RowCounter,
     ) -> Result<SetEnd, MysqlError> {
-        let active = masks.filter(|m| plans.iter().any(|p| p.active(m)));
-        let mut rows = 0i64;
-        loop {
-            self.server
-                .read_expected(&mut self.buf, "in the middle of a result set")
-                .await?;
-            if is_terminator(&self.buf, self.deprecate_eof) {
-                self.client.write(&self.buf).await?;
-                let status = codec::terminator_status(&self.buf, self.deprecate_eof)
-                    .map_err(MysqlError::codec(Side::Server))?;
-                return Ok(SetEnd {
-                    rows,
-                    status,
-                    error: None,
-                });
-            }
-            if self.buf.first() == Some(&0xff) {
-                self.client.write(&self.buf).await?;
-                return Ok(SetEnd {
-                    rows,
-                    status: 0,
-                    error: err_text(&self.buf),
-                });
-            }
-            rows += 1;
-            let Some(m) = active else {
-                self.client.write(&self.buf).await?;
-                continue;
-            };
-            let changed = if binary {
-                codec::mask_binary_row(&self.buf, plans, m, &mut self.out)
-            } else {
-                codec::mask_text_row(&self.buf, plans, m, &mut self.out)
-            }
-            .map_err(MysqlError::codec(Side::Server))?;
-            if changed {
-                self.client.write(&self.out).await?;
-            } else {
-                self.client.write(&self.buf).await?;
-            }
-        }
+        let r = Relay {
+            binary,
+            deprecate_eof: self.deprecate_eof,
+            masks,
+            plans,
+            errors: self.gate.masks(),
+            withhold,
+            session: self.id,
+        };
+        relay::rows(
+            &mut self.client,
+            &mut self.server,
+            &mut self.buf,
+            &mut self.out,
+            &r,
+            counter,
+        )
+        .await
     }
 
     // -- prepared statements -------------------------------------------------
@@ -1011,8 +1150,14 @@ impl Session {
         self.server
             .read_expected(&mut self.buf, "before answering")
             .await?;
-        self.client.write(&self.buf).await?;
         if self.buf.first() == Some(&0xff) {
+            // A prepare evaluates nothing, but its message may still quote
+            // the statement's parts: withheld like an execution's.
+            let withhold =
+                results::touches_any(self.gate.masks(), &classified).then(|| self.withheld());
+            let masks = self.gate.masks().clone();
+            let error =
+                relay::relay_err(&mut self.client, &self.buf, withhold.as_deref(), &masks).await?;
             self.client.flush().await?;
             if let Some(seq) = seq {
                 self.gate
@@ -1020,12 +1165,13 @@ impl Session {
                         seq,
                         Some(started.elapsed().as_micros() as i64),
                         None,
-                        err_text(&self.buf),
+                        Some(error),
                     )
                     .await;
             }
             return Ok(());
         }
+        self.client.write(&self.buf).await?;
         let ok = codec::parse_prepare_ok(&self.buf).map_err(MysqlError::codec(Side::Server))?;
         for (n, what) in [(ok.params, "parameter"), (ok.columns, "column")] {
             if n == 0 {
@@ -1071,6 +1217,8 @@ impl Session {
                 types: Vec::new(),
                 long_data: vec![None; params],
                 plans: None,
+                fetched: (0, 0),
+                limited: None,
             },
         );
         self.last_stmt = Some(ok.statement_id);
@@ -1103,8 +1251,11 @@ impl Session {
         let Some(seqs) = self.record_execution(&ops, &decision).await? else {
             return Ok(());
         };
+        if self.refuse_diagnostics(&classified, &sql, &seqs).await? {
+            return Ok(());
+        }
         self.forward(msg).await?;
-        self.results(&seqs, true, Some(id)).await?;
+        self.results(&seqs, true, Some(id), &classified).await?;
         self.ran(&classified);
         Ok(())
     }
@@ -1142,6 +1293,9 @@ impl Session {
         self.forward(msg).await
     }
 
+    /// COM_STMT_FETCH: the next rows of an open cursor, masked with the
+    /// plans of the execution that opened it, and counted against the
+    /// `[[limit]]` across fetches (a cursor's rows are one result).
     async fn fetch(&mut self, msg: &[u8]) -> Result<(), MysqlError> {
         let id = self.stmt_id(msg)?;
         let Some(st) = self.stmts.get(&id) else {
@@ -1149,6 +1303,13 @@ impl Session {
         };
         let masks = self.masks();
         let plans = st.plans.clone().unwrap_or_default();
+        let classified = st.classified.clone();
+        let (rows, bytes) = st.fetched;
+        if let Some(e) = st.limited.clone() {
+            let p = results::limit_err(&e, self.id);
+            self.client.write(&p).await?;
+            return self.client.flush().await;
+        }
         if masks.is_some() && plans.is_empty() {
             // Masks became active after the cursor was opened: the rows
             // cannot be decoded, so they are not relayed unmasked.
@@ -1164,9 +1325,31 @@ impl Session {
                 .await;
         }
         self.forward(msg).await?;
-        let r = self.rows(true, masks.as_ref(), &plans).await;
+        let withhold = results::touches(
+            self.gate.masks(),
+            &classified,
+            ResultMap::new(&classified).belongs(),
+        )
+        .then(|| self.withheld());
+        let mut counter = RowCounter::resume(self.result_limit(), rows, bytes);
+        let r = self
+            .rows(
+                true,
+                masks.as_ref(),
+                &plans,
+                withhold.as_deref(),
+                &mut counter,
+            )
+            .await;
         self.client.flush().await?;
-        r.map(|_| ())
+        let end = r?;
+        if let Some(st) = self.stmts.get_mut(&id) {
+            st.fetched = (counter.rows, counter.bytes);
+            if end.limited {
+                st.limited = counter.exceeded();
+            }
+        }
+        Ok(())
     }
 
     // -- connection ------------------------------------------------------------
@@ -1317,22 +1500,6 @@ fn single_use(c: &Result<Vec<SqlStatement>, SqlError>) -> Option<String> {
         .map(|r| r.replace("``", "`"))
         .unwrap_or_else(|| rest.to_string());
     (!name.is_empty()).then_some(name)
-}
-
-/// The text of an ERR packet, for the record.
-fn err_text(p: &[u8]) -> Option<String> {
-    if p.first() != Some(&0xff) {
-        return None;
-    }
-    Some(match codec::parse_err(p) {
-        Ok(e) => format!(
-            "ERROR {}{}: {}",
-            e.code,
-            e.sqlstate.map(|s| format!(" ({s})")).unwrap_or_default(),
-            e.message
-        ),
-        Err(e) => format!("unreadable ERR packet: {e}"),
-    })
 }
 
 /// A bound parameter for the record, masked by the detectors.

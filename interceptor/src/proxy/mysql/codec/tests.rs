@@ -386,6 +386,7 @@ fn garbage_never_panics() {
         column_type: types::VAR_STRING,
         kind: ValueKind::Text,
         masked: false,
+        withheld: false,
     }];
     let mut out = Vec::new();
     let mut state = 0x1234_5678u32;
@@ -415,4 +416,43 @@ fn garbage_never_panics() {
     // A lenenc length beyond the buffer (or beyond usize) is an error.
     let mut c = Cursor::new(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     assert!(c.lenenc_bytes("x").is_err());
+}
+
+#[test]
+fn withheld_messages_are_replaced_in_both_protocols() {
+    let m = no_masks();
+    let mut plans: Vec<ColumnPlan> = [
+        column("Level", types::VAR_STRING, 45),
+        column("Code", types::LONG, 63),
+        column("Message", types::VAR_STRING, 45),
+    ]
+    .iter()
+    .map(|d| ColumnPlan::new(&parse_column_def(d).unwrap(), &m))
+    .collect();
+    plans[2].withheld = true;
+    assert!(plans[2].active(&m) && !plans[0].active(&m));
+
+    let mut row = Vec::new();
+    put_lenenc_bytes(&mut row, b"Warning");
+    put_lenenc_bytes(&mut row, b"1292");
+    put_lenenc_bytes(&mut row, b"Truncated incorrect INTEGER value: 'hunter2'");
+    let mut out = Vec::new();
+    assert!(mask_text_row(&row, &plans, &m, &mut out).unwrap());
+    let mut c = Cursor::new(&out);
+    assert_eq!(c.lenenc_bytes("v").unwrap(), b"Warning");
+    assert_eq!(c.lenenc_bytes("v").unwrap(), b"1292", "the code is kept");
+    assert_eq!(c.lenenc_bytes("v").unwrap(), WITHHELD_MESSAGE.as_bytes());
+
+    // Binary protocol: 3 columns, a 1-byte NULL bitmap.
+    let mut row = vec![0x00, 0x00];
+    put_lenenc_bytes(&mut row, b"Warning");
+    row.extend_from_slice(&1292u32.to_le_bytes());
+    put_lenenc_bytes(&mut row, b"'hunter2'");
+    assert!(mask_binary_row(&row, &plans, &m, &mut out).unwrap());
+    let mut c = Cursor::new(&out);
+    c.take(2, "h").unwrap();
+    assert_eq!(c.lenenc_bytes("v").unwrap(), b"Warning");
+    assert_eq!(c.u32("code").unwrap(), 1292);
+    assert_eq!(c.lenenc_bytes("v").unwrap(), WITHHELD_MESSAGE.as_bytes());
+    assert!(c.is_empty());
 }
