@@ -209,6 +209,12 @@ pub mod errcode {
     pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
     /// ER_UNKNOWN_ERROR: the proxy cannot go on (recording failed, ...).
     pub const UNKNOWN_ERROR: u16 = 1105;
+    /// ER_CON_COUNT_ERROR: a session cap is reached ("Too many connections").
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// ER_OUTOFMEMORY: the daemon's memory budget for messages is spent.
+    pub const OUT_OF_MEMORY: u16 = 1037;
+    /// ER_NET_PACKET_TOO_LARGE: a message over the limit.
+    pub const NET_PACKET_TOO_LARGE: u16 = 1153;
 }
 
 // ---------------------------------------------------------------------------
