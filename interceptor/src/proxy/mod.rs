@@ -273,15 +273,20 @@ async fn handle(
     let ticket = shared.sessions.admit(&key, &shared.config.limits);
     // Refusals in progress are bounded too: past that, a refused connection
     // is closed unanswered (a flood of connects cannot pile up tasks).
-    let refusing = ticket.is_err().then(|| RefusalSlot::take(&shared));
-    if let Some(None) = refusing {
-        shared
-            .counters
-            .refused_unanswered
-            .fetch_add(1, Ordering::Relaxed);
-        warn_refused_unanswered(&key);
-        return;
-    }
+    let refusing = match &ticket {
+        Ok(_) => None,
+        Err(_) => match RefusalSlot::take(&shared) {
+            Some(slot) => Some(slot),
+            None => {
+                shared
+                    .counters
+                    .refused_unanswered
+                    .fetch_add(1, Ordering::Relaxed);
+                warn_refused_unanswered(&key);
+                return;
+            }
+        },
+    };
     let id = shared.recorder.next_session_id();
     let span = info_span!("session", session = id, protocol = %protocol, cgroup = %workload.cgroup, peer = %peer);
     async move {
