@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use interceptor_e2e::mariadb::{MariaDb, python};
+use interceptor_e2e::mariadb::{MariaDb, ensure_connector, python};
 use interceptor_e2e::servers::Postgres;
 use interceptor_e2e::{Daemon, TestCgroup, text};
 
@@ -657,6 +657,128 @@ sys.stdin.read()
     let out = pg.psql(Some(&other), "127.0.0.1", "SELECT 'small is fine'");
     assert!(out.status.success(), "{}", text(&out));
 
+    let ended = d.wait_session(|s| {
+        s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("out of memory for buffered messages"))
+    });
+    assert_eq!(ended["comm"], "python3");
+
+    drop(child.stdin.take());
+    let _ = child.wait();
+    wait_status(&d, "the budget comes back", |s| {
+        live(s) == 0 && buffered(s) == 0
+    });
+}
+
+/// The same through the MySQL module: two authenticated sessions each
+/// hold most of a 4 MiB COM_QUERY; a third that would exceed the 8 MiB
+/// budget gets ERROR 1037 (HY001) and ends, recorded; the others go on.
+#[test]
+fn mysql_memory_budget_ends_only_the_session_that_would_exceed_it() {
+    ensure_connector();
+    let db = MariaDb::start();
+    db.admin_ok(
+        "CREATE USER 'app'@'127.0.0.1' IDENTIFIED VIA mysql_native_password USING PASSWORD('secret');",
+    );
+    let d = Daemon::start_with(
+        &mysql_policy(db.port),
+        "\n[limits]\nmax_message_bytes = 4194304\nmax_buffered_bytes = 8388608\n",
+    );
+    let flooder = TestCgroup::new();
+    let other = TestCgroup::new();
+    d.attach(&flooder);
+    d.attach(&other);
+    let script = r##"
+import json, sys, time, mysql.connector
+port = int(sys.argv[1])
+
+def session():
+    c = mysql.connector.connect(host="127.0.0.1", port=port, user="app", password="secret",
+                                use_pure=True, ssl_disabled=True)
+    return c, c._socket.sock
+
+def big(s):
+    # A COM_QUERY packet announcing just under 4 MiB, of which 3.5 MiB are sent.
+    n = (4 << 20) - 100
+    try:
+        s.sendall(bytes([n & 0xff, (n >> 8) & 0xff, n >> 16, 0]) + b"\x03SELECT '")
+        for _ in range(56):
+            s.sendall(b"x" * 65536)
+            time.sleep(0.002)
+    except OSError as e:
+        return "send failed: %s" % e
+    return "sent"
+
+def reply(s):
+    s.settimeout(3)
+    data = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            data += c
+    except OSError:
+        pass
+    if len(data) > 13 and data[4] == 0xff:
+        code = data[5] | data[6] << 8
+        state, msg = (data[8:13].decode(), data[13:]) if data[7:8] == b"#" else ("", data[7:])
+        return "ERR:%d:%s:%s" % (code, state, msg.decode("utf-8", "replace"))
+    return repr(data[:40]) or "nothing"
+
+c1, c2, c3 = session(), session(), session()
+out = {"c1": big(c1[1])}
+time.sleep(0.5)
+out["c2"] = big(c2[1])
+time.sleep(0.5)
+out["c3_send"] = big(c3[1])
+out["c3"] = reply(c3[1])
+for name, (_, s) in (("c1", c1), ("c2", c2)):
+    s.setblocking(False)
+    try:
+        out[name + "_after"] = "closed" if s.recv(1) == b"" else "data"
+    except BlockingIOError:
+        out[name + "_after"] = "open"
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"##;
+    let mut child = flooder
+        .command("python3")
+        .args(["-c", script, &db.port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}\n{}", d.log()));
+    eprintln!("mysql budget: {r}");
+    let c3 = r["c3"].as_str().unwrap();
+    assert!(
+        c3.starts_with(
+            "ERR:1037:HY001:interceptor: ending the session: out of memory for buffered messages"
+        ),
+        "{r}\n{}",
+        d.log()
+    );
+    assert_eq!(r["c1_after"], "open", "{r}");
+    assert_eq!(r["c2_after"], "open", "{r}");
+    let s = status(&d);
+    let held = buffered(&s);
+    assert!(held > 6 << 20 && held <= 8 << 20, "{held}");
+
+    let out = db.mysql(
+        Some(&other),
+        "app",
+        "secret",
+        &[],
+        "SELECT 'small is fine';\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
     let ended = d.wait_session(|s| {
         s["end_reason"]
             .as_str()
