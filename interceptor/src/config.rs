@@ -70,6 +70,9 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_message_bytes: Option<u32>,
+    max_sessions: Option<usize>,
+    max_sessions_per_cgroup: Option<usize>,
+    max_buffered_bytes: Option<u64>,
 }
 
 /// TLS interception settings.
@@ -82,14 +85,40 @@ pub struct TlsConfig {
     pub upstream_ca_file: Option<PathBuf>,
 }
 
-/// Bounds on what clients and servers may send.
+/// Bounds on what clients and servers may send, and on what a workload
+/// can make the daemon hold (see `proxy::limits`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
-    /// Largest protocol message accepted (a longer length field ends the session).
+    /// Largest protocol message accepted once a session has authenticated
+    /// (a longer length field ends the session). Before authentication
+    /// the limit is `proxy::limits::AUTH_MESSAGE_LIMIT` (65 KiB) at most.
     pub max_message_bytes: u32,
+    /// Sessions in progress at once, all cgroups together; more are
+    /// refused with the protocol's "too many connections" error.
+    pub max_sessions: usize,
+    /// Sessions in progress at once per attached cgroup.
+    pub max_sessions_per_cgroup: usize,
+    /// Bytes all sessions together may hold in message buffers (beyond a
+    /// 16 KiB standing chunk per buffer); a read that would exceed it ends
+    /// its session with the protocol's out-of-memory error.
+    pub max_buffered_bytes: usize,
 }
 
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 64 << 20;
+pub const DEFAULT_MAX_SESSIONS: usize = 4096;
+pub const DEFAULT_MAX_SESSIONS_PER_CGROUP: usize = 256;
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_sessions_per_cgroup: DEFAULT_MAX_SESSIONS_PER_CGROUP,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -187,9 +216,7 @@ impl Default for Config {
                 upstream_verify: true,
                 upstream_ca_file: None,
             },
-            limits: Limits {
-                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            },
+            limits: Limits::default(),
             identity: IdentityConfig {
                 enroll_socket: DEFAULT_ENROLL_SOCKET.into(),
                 issuers: Vec::new(),
@@ -297,6 +324,35 @@ impl Config {
                 "limits.max_message_bytes must be at least 1024".into(),
             ));
         }
+        let max_sessions = raw.limits.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        if max_sessions == 0 {
+            return Err(invalid(
+                "max_sessions",
+                "limits.max_sessions must be at least 1".into(),
+            ));
+        }
+        let max_sessions_per_cgroup = raw
+            .limits
+            .max_sessions_per_cgroup
+            .unwrap_or(DEFAULT_MAX_SESSIONS_PER_CGROUP);
+        if max_sessions_per_cgroup == 0 {
+            return Err(invalid(
+                "max_sessions_per_cgroup",
+                "limits.max_sessions_per_cgroup must be at least 1".into(),
+            ));
+        }
+        let max_buffered_bytes = match raw.limits.max_buffered_bytes {
+            None => DEFAULT_MAX_BUFFERED_BYTES.max(max_message_bytes as usize),
+            Some(b) if b < u64::from(max_message_bytes) => {
+                return Err(invalid(
+                    "max_buffered_bytes",
+                    format!(
+                        "limits.max_buffered_bytes ({b}) must be at least limits.max_message_bytes ({max_message_bytes}): a message the limits allow must fit"
+                    ),
+                ));
+            }
+            Some(b) => usize::try_from(b).unwrap_or(usize::MAX),
+        };
         let tls = TlsConfig {
             ca_dir: raw
                 .tls
@@ -325,7 +381,12 @@ impl Config {
         Ok(Config {
             identity,
             tls,
-            limits: Limits { max_message_bytes },
+            limits: Limits {
+                max_message_bytes,
+                max_sessions,
+                max_sessions_per_cgroup,
+                max_buffered_bytes,
+            },
             source: Some(path.to_path_buf()),
             policy: d.policy.map(resolve).unwrap_or(defaults.policy),
             proxy_port,
@@ -466,6 +527,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("proxy_port"), "{err}");
+    }
+
+    #[test]
+    fn limits_defaults_and_checks() {
+        let c = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.max_sessions, 4096);
+        assert_eq!(c.limits.max_sessions_per_cgroup, 256);
+        assert_eq!(c.limits.max_buffered_bytes, 256 << 20);
+        let c = Config::parse(
+            "[limits]\nmax_message_bytes = 1048576\nmax_sessions = 10\nmax_sessions_per_cgroup = 3\nmax_buffered_bytes = 8388608\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_message_bytes: 1 << 20,
+                max_sessions: 10,
+                max_sessions_per_cgroup: 3,
+                max_buffered_bytes: 8 << 20,
+            }
+        );
+        // A larger message limit raises the default budget with it.
+        let c = Config::parse(
+            "[limits]\nmax_message_bytes = 536870912\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_buffered_bytes, 512 << 20);
+        for (text, key) in [
+            ("[limits]\nmax_sessions = 0\n", "max_sessions"),
+            (
+                "[limits]\nmax_sessions_per_cgroup = 0\n",
+                "max_sessions_per_cgroup",
+            ),
+            (
+                "[limits]\nmax_message_bytes = 2048\nmax_buffered_bytes = 1024\n",
+                "max_buffered_bytes",
+            ),
+        ] {
+            let err = Config::parse(text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(err.starts_with("c.toml:"), "{err}");
+        }
     }
 
     #[test]

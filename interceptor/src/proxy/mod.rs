@@ -8,6 +8,7 @@
 
 pub mod gate;
 pub mod listen;
+pub mod limits;
 pub mod mysql;
 pub mod postgres;
 pub mod tcp;
@@ -16,7 +17,7 @@ pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +41,11 @@ pub struct ProxyCounters {
     pub denied_connections: AtomicU64,
     pub upstream_failures: AtomicU64,
     pub record_failures: AtomicU64,
+    /// Connections refused by a session cap (answered and recorded).
+    pub refused_sessions: AtomicU64,
+    /// Connections closed unanswered and unrecorded because too many
+    /// refusals were already in progress.
+    pub refused_unanswered: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -49,19 +55,50 @@ pub struct ProxyCountersSnapshot {
     pub denied_connections: u64,
     pub upstream_failures: u64,
     pub record_failures: u64,
+    pub refused_sessions: u64,
+    pub refused_unanswered: u64,
+    /// Bytes held in message buffers beyond their standing chunks, and
+    /// the budget for them (`limits.max_buffered_bytes`).
+    pub buffered_bytes: u64,
+    pub buffered_bytes_limit: u64,
+    /// Reads refused because the budget was spent (each ended a session).
+    pub over_budget: u64,
 }
 
 impl ProxyCounters {
     pub fn snapshot(&self) -> ProxyCountersSnapshot {
+        let budget = limits::MemoryBudget::global();
         ProxyCountersSnapshot {
             accepted: self.accepted.load(Ordering::Relaxed),
             no_origin: self.no_origin.load(Ordering::Relaxed),
             denied_connections: self.denied_connections.load(Ordering::Relaxed),
             upstream_failures: self.upstream_failures.load(Ordering::Relaxed),
             record_failures: self.record_failures.load(Ordering::Relaxed),
+            refused_sessions: self.refused_sessions.load(Ordering::Relaxed),
+            refused_unanswered: self.refused_unanswered.load(Ordering::Relaxed),
+            buffered_bytes: budget.held() as u64,
+            buffered_bytes_limit: budget.limit() as u64,
+            over_budget: budget.refused(),
         }
     }
 }
+
+/// Why a connection is refused before its protocol session runs; each
+/// protocol answers it with its own error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The policy denies the connection, or the destination cannot be
+    /// reached.
+    Denied,
+    /// A session cap (`limits.max_sessions`,
+    /// `limits.max_sessions_per_cgroup`) is reached.
+    TooManySessions,
+}
+
+/// Refusals answered at once (each may wait a few seconds for the
+/// client's start-up packet); connections refused beyond this are closed
+/// at once, unrecorded, and counted.
+const MAX_PENDING_REFUSALS: usize = 256;
 
 /// A session in progress, as listed by `interceptor status`.
 #[derive(Debug, Clone, Serialize)]
@@ -83,13 +120,24 @@ struct LiveEntry {
     bytes: Arc<ByteCounters>,
 }
 
-/// Registry of live sessions.
+/// Registry of live sessions, and their admission under the caps.
 #[derive(Default)]
 pub struct Sessions {
     live: Mutex<BTreeMap<i64, LiveEntry>>,
+    admission: Arc<limits::Admission>,
+    refusing: AtomicUsize,
 }
 
 impl Sessions {
+    /// Admits a session of attached cgroup `key` under `caps`.
+    pub fn admit(
+        &self,
+        key: &str,
+        caps: &crate::config::Limits,
+    ) -> Result<limits::Ticket, limits::CapReached> {
+        self.admission.admit(key, caps)
+    }
+
     fn register(&self, info: LiveSession, bytes: Arc<ByteCounters>) {
         if let Ok(mut m) = self.live.lock() {
             m.insert(info.id, LiveEntry { info, bytes });
@@ -144,6 +192,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    limits::MemoryBudget::global().set_limit(shared.config.limits.max_buffered_bytes);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -196,6 +245,24 @@ async fn handle(
             identity::enroll::now_unix(),
         )
         .map(|e| e.identity);
+    let key = limits::admission_key(&workload.cgroup, &roots);
+    let ticket = shared.sessions.admit(&key, &shared.config.limits);
+    // Refusals in progress are bounded too: past that, a refused connection
+    // is closed unanswered (a flood of connects cannot pile up tasks).
+    let refusing = match &ticket {
+        Ok(_) => None,
+        Err(_) => match RefusalSlot::take(&shared) {
+            Some(slot) => Some(slot),
+            None => {
+                shared
+                    .counters
+                    .refused_unanswered
+                    .fetch_add(1, Ordering::Relaxed);
+                warn_refused_unanswered(&key);
+                return;
+            }
+        },
+    };
     let id = shared.recorder.next_session_id();
     let span = info_span!("session", session = id, protocol = %protocol, cgroup = %workload.cgroup, peer = %peer);
     async move {
@@ -222,6 +289,35 @@ async fn handle(
             warn!(error = %e, "cannot record session; refusing the connection");
             return;
         }
+        let ticket = match ticket {
+            Ok(t) => t,
+            Err(cap) => {
+                shared
+                    .counters
+                    .refused_sessions
+                    .fetch_add(1, Ordering::Relaxed);
+                warn!(pid = ?workload.pid, exe = ?workload.exe, destination = %dst, "{cap}; refusing the connection");
+                refuse(
+                    protocol,
+                    client,
+                    Refusal::TooManySessions,
+                    &format!("interceptor: {cap} (session {id})"),
+                )
+                .await;
+                drop(refusing);
+                let end = SessionEnd {
+                    id,
+                    ended_at: record::now_rfc3339(),
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    end_reason: format!("refused: {cap}"),
+                };
+                if let Err(e) = shared.recorder.enqueue(WriteOp::SessionEnd(end)).await {
+                    warn!(error = %e, "cannot record session end");
+                }
+                return;
+            }
+        };
         info!(pid = ?workload.pid, exe = ?workload.exe, destination = %dst, "session started");
         let bytes = Arc::new(ByteCounters::default());
         shared.sessions.register(
@@ -242,6 +338,7 @@ async fn handle(
         let reason =
             run_session(&shared, id, client, dst, protocol, &workload, bytes.clone()).await;
         shared.sessions.unregister(id);
+        drop(ticket);
         let end = SessionEnd {
             id,
             ended_at: record::now_rfc3339(),
@@ -320,7 +417,7 @@ async fn run_session(
                 .counters
                 .denied_connections
                 .fetch_add(1, Ordering::Relaxed);
-            refuse(protocol, client, &judged.message).await;
+            refuse(protocol, client, Refusal::Denied, &judged.message).await;
             return format!("connection refused: {}", judged.decision.reason);
         }
     }
@@ -341,6 +438,7 @@ async fn run_session(
             refuse(
                 protocol,
                 client,
+                Refusal::Denied,
                 &format!("interceptor: {reason} (session {id})"),
             )
             .await;
@@ -367,11 +465,43 @@ fn has_module(protocol: Protocol) -> bool {
 }
 
 /// Tells the client, in its protocol, that the connection is refused.
-async fn refuse(protocol: Protocol, client: TcpStream, message: &str) {
+async fn refuse(protocol: Protocol, client: TcpStream, why: Refusal, message: &str) {
     match protocol {
-        Protocol::Postgres => postgres::refuse(client, message).await,
-        Protocol::Mysql => mysql::refuse(client, message).await,
+        Protocol::Postgres => postgres::refuse(client, why, message).await,
+        Protocol::Mysql => mysql::refuse(client, why, message).await,
         Protocol::Tcp | Protocol::Ssh | Protocol::Http => drop(client),
+    }
+}
+
+/// One of the [`MAX_PENDING_REFUSALS`] refusals that may be in progress.
+struct RefusalSlot(Arc<Shared>);
+
+impl RefusalSlot {
+    fn take(shared: &Arc<Shared>) -> Option<RefusalSlot> {
+        let n = shared.sessions.refusing.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_PENDING_REFUSALS {
+            shared.sessions.refusing.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(RefusalSlot(shared.clone()))
+    }
+}
+
+impl Drop for RefusalSlot {
+    fn drop(&mut self) {
+        self.0.sessions.refusing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Logs connections closed unanswered, at most once a second.
+fn warn_refused_unanswered(key: &str) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        warn!(cgroup = %key, "session caps reached and {MAX_PENDING_REFUSALS} refusals in progress: closing further connections unanswered");
     }
 }
 

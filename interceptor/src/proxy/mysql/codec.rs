@@ -211,6 +211,12 @@ pub mod errcode {
     pub const UNKNOWN_ERROR: u16 = 1105;
     /// ER_TOO_BIG_SELECT: a result stopped by a `[[limit]]`.
     pub const TOO_BIG_SELECT: u16 = 1104;
+    /// ER_CON_COUNT_ERROR: a session cap is reached ("Too many connections").
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// ER_OUTOFMEMORY: the daemon's memory budget for messages is spent.
+    pub const OUT_OF_MEMORY: u16 = 1037;
+    /// ER_NET_PACKET_TOO_LARGE: a message over the limit.
+    pub const NET_PACKET_TOO_LARGE: u16 = 1153;
 }
 
 // ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 //! Errors of the MySQL module.
 
+use super::codec::errcode;
+use crate::proxy::limits::OverBudget;
 use crate::record::RecordError;
 
 /// Which connection a problem came from.
@@ -45,8 +47,14 @@ pub enum MysqlError {
     Closed { side: Side, when: &'static str },
     #[error("{side} sent a packet out of order (sequence id {got}, expected {expected})")]
     Sequence { side: Side, expected: u8, got: u8 },
-    #[error("{side} sent a {len}-byte message, more than limits.max_message_bytes ({max})")]
+    #[error(
+        "{side} sent a {len}-byte message, more than the {max}-byte limit (limits.max_message_bytes; at most 65 KiB before authentication)"
+    )]
     TooLarge { side: Side, len: usize, max: usize },
+    /// A message from `side` could not be buffered within the daemon's
+    /// memory budget.
+    #[error("{source} (reading from the {side})")]
+    OverBudget { side: Side, source: OverBudget },
     #[error("{side} sent a bad packet: {source}")]
     Codec { side: Side, source: CodecError },
     #[error("TLS with the {side}: {message}")]
@@ -64,5 +72,15 @@ impl MysqlError {
 
     pub fn codec(side: Side) -> impl FnOnce(CodecError) -> MysqlError {
         move |source| MysqlError::Codec { side, source }
+    }
+
+    /// The error code and SQLSTATE the client is told when this ends its
+    /// session.
+    pub fn errcode(&self) -> (u16, &'static str) {
+        match self {
+            MysqlError::OverBudget { .. } => (errcode::OUT_OF_MEMORY, "HY001"),
+            MysqlError::TooLarge { .. } => (errcode::NET_PACKET_TOO_LARGE, "08S01"),
+            _ => (errcode::UNKNOWN_ERROR, "HY000"),
+        }
     }
 }

@@ -20,10 +20,10 @@ pub mod session;
 pub mod stream;
 pub mod upstream;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::SessionCtx;
+use super::{Refusal, SessionCtx};
 
 /// Whether this module judges individual commands.
 pub const JUDGES_COMMANDS: bool = true;
@@ -34,12 +34,26 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
 }
 
 /// Refuses a connection in the protocol's own terms: an ERR packet in
-/// place of the server's handshake (as a server refusing a host does),
-/// without SQLSTATE since no capabilities were agreed yet.
-pub async fn refuse(mut client: TcpStream, message: &str) {
-    let p = codec::err_packet(codec::errcode::ACCESS_DENIED, None, message);
-    let mut seq = 0;
-    let _ = stream::write_message(&mut client, &mut seq, &p).await;
-    let _ = client.flush().await;
+/// place of the server's handshake (as a server refusing a host, or one
+/// with too many connections, does), without SQLSTATE since no
+/// capabilities were agreed yet.
+pub async fn refuse(mut client: TcpStream, why: Refusal, message: &str) {
+    let code = match why {
+        Refusal::Denied => codec::errcode::ACCESS_DENIED,
+        Refusal::TooManySessions => codec::errcode::TOO_MANY_CONNECTIONS,
+    };
+    let _ = send_refusal(&mut client, code, message).await;
     let _ = client.shutdown().await;
+}
+
+/// Sends a connection-phase ERR packet (sequence 0, no SQLSTATE).
+pub(crate) async fn send_refusal<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    code: u16,
+    message: &str,
+) -> std::io::Result<()> {
+    let p = codec::err_packet(code, None, message);
+    let mut seq = 0;
+    stream::write_message(w, &mut seq, &p).await?;
+    w.flush().await
 }

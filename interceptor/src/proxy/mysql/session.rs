@@ -117,7 +117,9 @@ async fn handshake(
     mut client: TcpStream,
     mut upstream: TcpStream,
 ) -> Result<Result<Handshaken, String>, MysqlError> {
-    let max = ctx.shared.config.limits.max_message_bytes as usize;
+    // A small limit until authenticated (`set_max` below lifts it).
+    let full = ctx.shared.config.limits.max_message_bytes as usize;
+    let max = crate::proxy::limits::auth_limit(full);
     let mut buf = Vec::with_capacity(256);
 
     // The server speaks first.
@@ -189,7 +191,9 @@ async fn handshake(
             // Tell the client why, and close without a reset (its unread
             // bytes would otherwise make the kernel discard our answer).
             if !matches!(e, MysqlError::Io { .. }) {
-                let _ = refuse_raw(&mut client, &format!("interceptor: {e}")).await;
+                let _ =
+                    super::send_refusal(&mut client, e.errcode().0, &format!("interceptor: {e}"))
+                        .await;
                 close_draining(&mut client).await;
             }
             return Err(e);
@@ -293,6 +297,8 @@ async fn handshake(
         .await;
         return Ok(Err(format!("authentication failed: {}", err.message)));
     }
+    client.set_max(full);
+    server.set_max(full);
     Ok(Ok(Handshaken {
         client,
         server,
@@ -1423,10 +1429,11 @@ impl Session {
                 side: Side::Client, ..
             } => {}
             _ => {
+                let (code, state) = e.errcode();
                 let _ = self
                     .send_err(
-                        errcode::UNKNOWN_ERROR,
-                        "HY000",
+                        code,
+                        state,
                         &format!(
                             "interceptor: ending the session: {reason} (session {})",
                             self.id

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use super::codec::{self, FrameError, Header, MAX_PAYLOAD};
 use super::error::{MysqlError, Side};
 use crate::proxy::ByteCounters;
+use crate::proxy::limits::{self, Held, MemoryBudget, STANDING_BYTES};
 
 /// A leg's transport: plain TCP, or TLS (terminated towards the client,
 /// originated towards the server).
@@ -77,7 +78,13 @@ impl AsyncWrite for Stream {
     }
 }
 
-const BUF: usize = 64 * 1024;
+/// Read buffer of a leg (what the kernel hands over per read).
+const READ_BUF: usize = 16 * 1024;
+/// Write buffer of a leg (what is sent per write when streaming rows).
+const WRITE_BUF: usize = 32 * 1024;
+/// A message buffer holding more than this is given back before the next
+/// read into it.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// What a read found.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,17 +104,39 @@ pub struct Leg<S> {
     max: usize,
     /// Counts bytes written to this leg.
     written: Arc<ByteCounters>,
+    /// What the buffer of the last message read holds of the daemon's
+    /// memory budget (until the next read).
+    held: Held,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
     pub fn new(io: S, side: Side, seq: u8, max: usize, counters: Arc<ByteCounters>) -> Leg<S> {
         Leg {
-            io: BufStream::with_capacity(BUF, BUF, io),
+            io: BufStream::with_capacity(READ_BUF, WRITE_BUF, io),
             side,
             seq,
             max,
             written: counters,
+            held: Held::default(),
         }
+    }
+
+    /// Sets the largest message taken from now on: the connection phase
+    /// runs under a small limit
+    /// ([`AUTH_MESSAGE_LIMIT`](crate::proxy::limits::AUTH_MESSAGE_LIMIT)),
+    /// raised to `limits.max_message_bytes` once authenticated.
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Charges this leg's reads to `budget` instead of the daemon's (tests).
+    pub fn with_budget(mut self, budget: &'static MemoryBudget) -> Leg<S> {
+        self.held = Held::new(budget);
+        self
     }
 
     fn counter(&self) -> &AtomicU64 {
@@ -120,7 +149,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
     /// Reads one logical message into `buf` (following continuation
     /// packets), checking sequence ids and the size limit.
     pub async fn read(&mut self, buf: &mut Vec<u8>) -> Result<Read, MysqlError> {
-        read_message(&mut self.io, self.side, &mut self.seq, self.max, buf).await
+        read_into(
+            &mut self.io,
+            self.side,
+            &mut self.seq,
+            self.max,
+            buf,
+            &mut self.held,
+        )
+        .await
     }
 
     /// Like [`read`](Self::read), but the peer closing is an error.
@@ -158,7 +195,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
 
 /// Reads one logical message from `r` (unbuffered callers get exactly the
 /// message's bytes consumed, nothing more: the handshake relies on it
-/// before a TLS upgrade).
+/// before a TLS upgrade). The buffer is charged to the daemon's memory
+/// budget while the message is read.
 pub async fn read_message<R: AsyncRead + Unpin>(
     r: &mut R,
     side: Side,
@@ -166,7 +204,28 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     max: usize,
     buf: &mut Vec<u8>,
 ) -> Result<Read, MysqlError> {
+    read_into(r, side, seq, max, buf, &mut Held::default()).await
+}
+
+/// Reads one logical message into `buf`, which grows only as bytes arrive
+/// (never to a length the peer announced), charged to `held`.
+async fn read_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    side: Side,
+    seq: &mut u8,
+    max: usize,
+    buf: &mut Vec<u8>,
+    held: &mut Held,
+) -> Result<Read, MysqlError> {
     buf.clear();
+    if buf.capacity() > KEEP_CAPACITY {
+        buf.shrink_to(STANDING_BYTES);
+    }
+    held.set(buf.capacity());
+    let closed = MysqlError::Closed {
+        side,
+        when: "in the middle of a packet",
+    };
     loop {
         let mut h = [0u8; 4];
         // A clean close is only a close before the first byte of a message.
@@ -178,10 +237,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
                 if got == 0 && first {
                     return Ok(Read::Eof);
                 }
-                return Err(MysqlError::Closed {
-                    side,
-                    when: "in the middle of a packet",
-                });
+                return Err(closed);
             }
             got += n;
         }
@@ -194,18 +250,20 @@ pub async fn read_message<R: AsyncRead + Unpin>(
             },
             FrameError::TooLarge { len } => MysqlError::TooLarge { side, len, max },
         })?;
-        let at = buf.len();
-        buf.resize(at + h.len, 0);
-        r.read_exact(&mut buf[at..]).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                MysqlError::Closed {
-                    side,
-                    when: "in the middle of a packet",
-                }
-            } else {
-                MysqlError::Io { side, source: e }
+        let mut left = h.len;
+        while left > 0 {
+            limits::grow(buf, left, held)
+                .map_err(|e| MysqlError::OverBudget { side, source: e })?;
+            let n = (&mut *r)
+                .take(left as u64)
+                .read_buf(buf)
+                .await
+                .map_err(MysqlError::io(side))?;
+            if n == 0 {
+                return Err(closed);
             }
-        })?;
+            left -= n;
+        }
         if h.len < MAX_PAYLOAD {
             return Ok(Read::Message);
         }
@@ -304,5 +362,104 @@ mod tests {
         let mut r = leg(b, 2048);
         drop(a);
         assert_eq!(r.read(&mut buf).await.unwrap(), Read::Eof);
+    }
+
+    fn budget(limit: usize) -> &'static MemoryBudget {
+        Box::leak(Box::new(MemoryBudget::new(limit)))
+    }
+
+    /// A peer that sends `bytes` and then stalls.
+    fn stalled(bytes: Vec<u8>) -> tokio::io::DuplexStream {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            a.write_all(&bytes).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(a);
+        });
+        b
+    }
+
+    #[tokio::test]
+    async fn memory_follows_bytes_received_not_lengths_announced() {
+        // A packet header announcing 16 MiB - 1, then 100 bytes, then nothing.
+        let mut wire = vec![0xff, 0xff, 0xff, 0];
+        wire.extend_from_slice(&[b'x'; 100]);
+        let b = budget(usize::MAX);
+        let mut r = leg(stalled(wire), 64 << 20).with_budget(b);
+        let mut buf = Vec::new();
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(200), r.read(&mut buf)).await;
+        assert!(pending.is_err(), "the packet is not complete");
+        assert!(
+            buf.capacity() <= 32 * 1024,
+            "{} bytes allocated",
+            buf.capacity()
+        );
+
+        // The raw reader of the connection phase too.
+        let mut wire = vec![0xff, 0xff, 0xff, 0];
+        wire.extend_from_slice(&[b'x'; 100]);
+        let mut raw = stalled(wire);
+        let mut buf = Vec::new();
+        let mut seq = 0;
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            read_message(&mut raw, Side::Client, &mut seq, 64 << 20, &mut buf),
+        )
+        .await;
+        assert!(pending.is_err());
+        assert!(
+            buf.capacity() <= 32 * 1024,
+            "{} bytes allocated",
+            buf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_past_the_budget_is_out_of_memory() {
+        let b = budget(1 << 20);
+        let mut wire = vec![0xff, 0xff, 0xff, 0];
+        wire.extend(vec![b'a'; 800 * 1024]);
+        let mut first = leg(stalled(wire), 64 << 20).with_budget(b);
+        let mut first_buf = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            first.read(&mut first_buf),
+        )
+        .await;
+        assert!(b.held() >= 700 * 1024, "{}", b.held());
+
+        let mut wire = vec![0xff, 0xff, 0xff, 0];
+        wire.extend(vec![b'b'; 800 * 1024]);
+        let mut second = leg(stalled(wire), 64 << 20).with_budget(b);
+        let mut buf = Vec::new();
+        let e = second.read(&mut buf).await.unwrap_err();
+        assert!(matches!(e, MysqlError::OverBudget { .. }), "{e}");
+        assert_eq!(e.errcode(), (1037, "HY001"));
+        assert!(b.held() <= 1 << 20);
+        drop((first, second));
+        assert_eq!(b.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn limit_is_small_until_raised() {
+        let mut wire = Vec::new();
+        let mut seq = 0;
+        write_message(&mut wire, &mut seq, &vec![1u8; 100_000])
+            .await
+            .unwrap();
+        let mut r = leg(
+            stalled(wire.clone()),
+            crate::proxy::limits::auth_limit(64 << 20),
+        );
+        let mut buf = Vec::new();
+        let e = r.read(&mut buf).await.unwrap_err();
+        assert!(matches!(e, MysqlError::TooLarge { .. }), "{e}");
+        assert_eq!(e.errcode(), (1153, "08S01"));
+
+        let mut r = leg(stalled(wire), crate::proxy::limits::auth_limit(64 << 20));
+        r.set_max(64 << 20);
+        assert_eq!(r.read(&mut buf).await.unwrap(), Read::Message);
+        assert_eq!(buf.len(), 100_000);
     }
 }

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use super::error::CodecError;
+use crate::proxy::limits::{self, Held, MemoryBudget, STANDING_BYTES};
 
 /// SSLRequest code (in place of a protocol version).
 pub const SSL_REQUEST: u32 = 80_877_103;
@@ -78,18 +79,27 @@ pub fn split_frame(buf: &[u8], max: u32) -> Result<Option<(Frame<'_>, usize)>, C
     )))
 }
 
-const READ_CHUNK: usize = 16 * 1024;
+/// A buffer holding more than this once it is empty gives the memory back.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Reads whole messages from a stream through one growable buffer.
+///
+/// The buffer grows only as bytes arrive (at most doubling what it holds
+/// per step), never to a length a peer announced: a header claiming
+/// 64 MiB costs nothing until 64 MiB have been sent. What it holds beyond
+/// the standing chunk is charged to the daemon's
+/// [`MemoryBudget`](crate::proxy::limits::MemoryBudget); a read that would
+/// exceed it fails with [`CodecError::OverBudget`].
 ///
 /// [`next`](Self::next) is cancel-safe (bytes read stay buffered), so it
 /// can sit in a `select!`.
 pub struct FrameReader<R> {
     inner: R,
+    /// `buf[start..]` is read and not consumed yet.
     buf: Vec<u8>,
     start: usize,
-    end: usize,
     max: u32,
+    held: Held,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -98,18 +108,46 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// A reader that first yields the bytes in `buffered`.
-    pub fn with_buffered(inner: R, max: u32, mut buffered: Vec<u8>) -> Self {
-        let end = buffered.len();
-        if buffered.len() < READ_CHUNK {
-            buffered.resize(READ_CHUNK, 0);
+    pub fn with_buffered(inner: R, max: u32, buffered: Vec<u8>) -> Self {
+        Self::with_budget(inner, max, buffered, MemoryBudget::global())
+    }
+
+    /// A reader charging its buffer to `budget` (tests; sessions use the
+    /// daemon's).
+    pub fn with_budget(
+        inner: R,
+        max: u32,
+        mut buf: Vec<u8>,
+        budget: &'static MemoryBudget,
+    ) -> Self {
+        if buf.capacity() > buf.len().max(STANDING_BYTES) {
+            buf.shrink_to(STANDING_BYTES);
         }
+        let mut held = Held::new(budget);
+        // Bytes already read are held whatever the budget says.
+        held.set(buf.capacity());
         FrameReader {
             inner,
-            buf: buffered,
+            buf,
             start: 0,
-            end,
             max,
+            held,
         }
+    }
+
+    /// Sets the largest message taken from now on: sessions start with a
+    /// small limit and raise it once authenticated.
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max;
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// Bytes of buffer allocated (for tests and accounting).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     pub fn get_mut(&mut self) -> &mut R {
@@ -118,18 +156,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The stream and the bytes read but not consumed yet.
     pub fn into_parts(self) -> (R, Vec<u8>) {
-        let rest = self.buf[self.start..self.end].to_vec();
+        let rest = self.buf[self.start..].to_vec();
         (self.inner, rest)
     }
 
     /// Whether a complete message is buffered (a read would not block).
     pub fn has_frame(&self) -> bool {
-        matches!(frame_len(&self.buf[self.start..self.end], self.max), Ok(Some(n)) if n <= self.end - self.start)
+        let avail = &self.buf[self.start..];
+        matches!(frame_len(avail, self.max), Ok(Some(n)) if n <= avail.len())
     }
 
     /// Whether any byte is buffered.
     pub fn is_empty(&self) -> bool {
-        self.start == self.end
+        self.start == self.buf.len()
     }
 
     /// The next message; `Ok(None)` at a clean end of stream (between
@@ -160,7 +199,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         let s = self.start;
         self.start += n;
-        let rest = &self.buf[self.start..self.end];
+        let rest = &self.buf[self.start..];
         let following = split_frame(rest, self.max).ok().flatten().map(|(f, _)| f);
         let raw = &self.buf[s..s + n];
         let frame = Frame {
@@ -174,17 +213,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Waits until a whole message is buffered: its length, or `None` at a
     /// clean end of stream.
     async fn next_len(&mut self) -> Result<Option<usize>, CodecError> {
-        if self.start == self.end {
+        if self.start == self.buf.len() {
             self.start = 0;
-            self.end = 0;
+            self.buf.clear();
+            if self.buf.capacity() > KEEP_CAPACITY {
+                // Give back the memory of an earlier large message.
+                self.buf.shrink_to(STANDING_BYTES);
+                self.held.set(self.buf.capacity());
+            }
         }
         loop {
-            let avail = &self.buf[self.start..self.end];
+            let avail = &self.buf[self.start..];
             match frame_len(avail, self.max)? {
                 Some(n) if n <= avail.len() => return Ok(Some(n)),
                 need => {
-                    if !self.fill(need.unwrap_or(5)).await? {
-                        return if self.start == self.end {
+                    let missing = need.unwrap_or(5) - avail.len();
+                    if !self.fill(missing).await? {
+                        return if self.is_empty() {
                             Ok(None)
                         } else {
                             Err(CodecError::Truncated)
@@ -200,29 +245,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(self.next().await?.map(|f| (f.tag, f.body.to_vec())))
     }
 
-    /// Reads more bytes so that a message of `need` bytes can fit; false at
-    /// end of stream.
-    async fn fill(&mut self, need: usize) -> Result<bool, CodecError> {
-        if self.start == self.end && self.buf.len() > 1 << 20 {
-            // Give back the memory of an earlier large message.
-            self.buf.truncate(READ_CHUNK);
-            self.buf.shrink_to_fit();
-        }
-        if self.start > 0 && self.buf.len() - self.start < need.max(READ_CHUNK) {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+    /// Reads more bytes towards a message that lacks `missing` of them;
+    /// false at end of stream.
+    async fn fill(&mut self, missing: usize) -> Result<bool, CodecError> {
+        if self.start > 0 && !limits::has_room(self.buf.len(), self.buf.capacity(), missing) {
+            // Move the partial message to the front before growing.
+            self.buf.drain(..self.start);
             self.start = 0;
         }
-        let want = (self.start + need).max(self.end + READ_CHUNK.min(need.max(4096)));
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
-        let n = self.inner.read(&mut self.buf[self.end..]).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        self.end += n;
-        Ok(true)
+        limits::grow(&mut self.buf, missing, &mut self.held).map_err(CodecError::OverBudget)?;
+        let n = self.inner.read_buf(&mut self.buf).await?;
+        Ok(n > 0)
     }
 }
 
@@ -1203,6 +1236,102 @@ mod tests {
             let _ = a.write_all(&[b'Q', 0x7f, 0, 0, 0]).await;
         });
         let mut r = FrameReader::new(b, 1 << 20);
+        assert!(matches!(r.next().await, Err(CodecError::TooLong { .. })));
+    }
+
+    fn budget(limit: usize) -> &'static crate::proxy::limits::MemoryBudget {
+        Box::leak(Box::new(crate::proxy::limits::MemoryBudget::new(limit)))
+    }
+
+    /// Writes `bytes` on a duplex stream and keeps it open (a stalled peer).
+    fn stalled(bytes: Vec<u8>) -> tokio::io::DuplexStream {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            a.write_all(&bytes).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            drop(a);
+        });
+        b
+    }
+
+    #[tokio::test]
+    async fn reader_memory_follows_bytes_received_not_lengths_announced() {
+        // A header announcing 64 MiB, then 100 bytes, then nothing.
+        let mut wire = vec![b'Q'];
+        wire.extend_from_slice(&(64u32 << 20).to_be_bytes());
+        wire.extend_from_slice(&[b'x'; 100]);
+        let b = budget(usize::MAX);
+        let mut r = FrameReader::with_budget(stalled(wire), 64 << 20, Vec::new(), b);
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(200), r.next()).await;
+        assert!(pending.is_err(), "the frame is not complete");
+        assert!(
+            r.capacity() <= 32 * 1024,
+            "{} bytes allocated",
+            r.capacity()
+        );
+        assert_eq!(b.held(), r.capacity().saturating_sub(STANDING_BYTES));
+
+        // Sent for real, a large message grows the buffer by steps and is
+        // given back once consumed.
+        let mut wire = frame(b'Q', &vec![b'y'; 3 << 20]);
+        wire.extend(frame(b'S', b""));
+        let mut r = FrameReader::with_budget(stalled(wire), 64 << 20, Vec::new(), b);
+        let f = r.next().await.unwrap().unwrap();
+        assert_eq!(f.body.len(), 3 << 20);
+        assert!(r.capacity() < (3 << 20) + 64 * 1024, "{}", r.capacity());
+        assert_eq!(r.next().await.unwrap().unwrap().tag, b'S');
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), r.next()).await;
+        assert!(r.capacity() <= KEEP_CAPACITY, "{}", r.capacity());
+        drop(r);
+        assert_eq!(b.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn reader_past_the_budget_fails_and_others_keep_theirs() {
+        let b = budget(1 << 20);
+        let mut first_wire = vec![b'Q'];
+        first_wire.extend_from_slice(&(2u32 << 20).to_be_bytes());
+        first_wire.extend(vec![b'a'; 700 * 1024]);
+        let mut first = FrameReader::with_budget(stalled(first_wire), 4 << 20, Vec::new(), b);
+        let pending =
+            tokio::time::timeout(std::time::Duration::from_millis(200), first.next()).await;
+        assert!(pending.is_err());
+        let held = b.held();
+        assert!(held >= 600 * 1024, "{held}");
+
+        let mut second_wire = vec![b'Q'];
+        second_wire.extend_from_slice(&(2u32 << 20).to_be_bytes());
+        second_wire.extend(vec![b'b'; 700 * 1024]);
+        let mut second = FrameReader::with_budget(stalled(second_wire), 4 << 20, Vec::new(), b);
+        match second.next().await {
+            Err(CodecError::OverBudget(e)) => assert_eq!(e.limit, 1 << 20),
+            other => panic!(
+                "expected the budget to refuse: {:?}",
+                other.map(|f| f.is_some())
+            ),
+        }
+        assert!(b.held() <= 1 << 20);
+        assert_eq!(b.refused(), 1);
+        // Small messages still pass: the standing chunk is not charged.
+        let mut small =
+            FrameReader::with_budget(stalled(frame(b'Q', b"SELECT 1\0")), 4 << 20, Vec::new(), b);
+        assert_eq!(small.next().await.unwrap().unwrap().tag, b'Q');
+        drop((first, second, small));
+        assert_eq!(b.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn reader_limit_can_be_raised_after_authentication() {
+        let mut wire = frame(b'p', &[1u8; 1000]);
+        wire.extend(frame(b'Q', &vec![b'z'; 100_000]));
+        let mut r = FrameReader::new(stalled(wire), 2048);
+        assert_eq!(r.next().await.unwrap().unwrap().tag, b'p');
+        r.set_max(1 << 20);
+        assert_eq!(r.max(), 1 << 20);
+        assert_eq!(r.next().await.unwrap().unwrap().body.len(), 100_000);
+
+        let mut r = FrameReader::new(stalled(frame(b'Q', &vec![b'z'; 100_000])), 2048);
         assert!(matches!(r.next().await, Err(CodecError::TooLong { .. })));
     }
 }

@@ -1,5 +1,6 @@
 //! Errors of the PostgreSQL module.
 
+use crate::proxy::limits::OverBudget;
 use crate::record::RecordError;
 
 /// A frame or message the codec refuses.
@@ -22,6 +23,9 @@ pub enum CodecError {
     StartupLength(u32),
     #[error("unsupported protocol version {major}.{minor}")]
     Version { major: u16, minor: u16 },
+    /// Buffering more would exceed the daemon's memory budget.
+    #[error("{0}")]
+    OverBudget(OverBudget),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -59,6 +63,9 @@ pub enum PgError {
     Record(#[from] RecordError),
     #[error("client timed out during start-up")]
     StartupTimeout,
+    /// A message could not be buffered within the daemon's memory budget.
+    #[error("{0}")]
+    Budget(OverBudget),
 }
 
 impl PgError {
@@ -66,6 +73,7 @@ impl PgError {
     pub fn client(e: CodecError) -> PgError {
         match e {
             CodecError::Io(io) => PgError::ClientIo(io),
+            CodecError::OverBudget(b) => PgError::Budget(b),
             e => PgError::Client(e),
         }
     }
@@ -74,7 +82,22 @@ impl PgError {
     pub fn server(e: CodecError) -> PgError {
         match e {
             CodecError::Io(io) => PgError::ServerIo(io),
+            CodecError::OverBudget(b) => PgError::Budget(b),
             e => PgError::Server(e),
+        }
+    }
+
+    /// The SQLSTATE the client is told when this ends its session.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            // out_of_memory
+            PgError::Budget(_) => "53200",
+            // protocol_violation
+            PgError::Client(_) | PgError::Server(_) | PgError::Unexpected(_) => "08P01",
+            // system_error
+            PgError::Record(_) => "58000",
+            // connection_failure
+            _ => "08006",
         }
     }
 }

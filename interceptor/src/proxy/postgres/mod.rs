@@ -33,7 +33,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::SessionCtx;
+use super::{Refusal, SessionCtx};
 
 /// Whether this module judges individual commands (false: the connection
 /// is judged as a whole, like plain TCP).
@@ -46,8 +46,14 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
 
 /// Refuses a connection in the protocol's own terms: reads the start-up
 /// packet (answering SSLRequest and GSSENCRequest with `N`), then sends a
-/// FATAL ErrorResponse (SQLSTATE 28000) with `message` and closes.
-pub async fn refuse(mut client: TcpStream, message: &str) {
+/// FATAL ErrorResponse with `message` and closes: SQLSTATE 28000
+/// (invalid_authorization_specification) for a denied connection, 53300
+/// (too_many_connections) for a session cap, as the server says them.
+pub async fn refuse(mut client: TcpStream, why: Refusal, message: &str) {
+    let code = match why {
+        Refusal::Denied => "28000",
+        Refusal::TooManySessions => "53300",
+    };
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         for _ in 0..3 {
             let Ok(Some(body)) = session::read_startup(&mut client).await else {
@@ -60,7 +66,7 @@ pub async fn refuse(mut client: TcpStream, message: &str) {
                     }
                 }
                 Ok(codec::Startup::Message { .. }) => {
-                    let e = codec::error_response("FATAL", "28000", message);
+                    let e = codec::error_response("FATAL", code, message);
                     let _ = client.write_all(&e).await;
                     let _ = client.shutdown().await;
                     return;

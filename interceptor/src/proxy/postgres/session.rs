@@ -105,7 +105,9 @@ impl Drop for CancelGuard {
 // ---------------------------------------------------------------- start-up
 
 /// Reads one start-up packet body (after its length); `None` if the stream
-/// ends first.
+/// ends first. The body grows as its bytes arrive (the length field is
+/// checked against [`codec::MAX_STARTUP`] first), so a client announcing a
+/// packet and stalling holds next to nothing.
 pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, PgError> {
     let mut hdr = [0u8; 4];
     let mut got = 0;
@@ -120,15 +122,16 @@ pub async fn read_startup<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<
         }
         got += n;
     }
-    let len = codec::startup_len(hdr).map_err(PgError::Client)?;
-    let mut body = vec![0u8; len - 4];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            PgError::Client(CodecError::Truncated)
-        } else {
-            PgError::ClientIo(e)
-        }
-    })?;
+    let len = codec::startup_len(hdr).map_err(PgError::Client)? - 4;
+    let mut body = Vec::new();
+    (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(PgError::ClientIo)?;
+    if body.len() < len {
+        return Err(PgError::Client(CodecError::Truncated));
+    }
     Ok(Some(body))
 }
 
@@ -328,6 +331,7 @@ async fn ended(gate: &mut Gate, e: PgError) -> String {
         PgError::Client(_)
         | PgError::Server(_)
         | PgError::Unexpected(_)
+        | PgError::Budget(_)
         | PgError::StartupTimeout => {
             warn!(error = %reason, "ending session");
             gate.note("protocol_error", None, Some(&reason)).await;
@@ -438,8 +442,10 @@ async fn session(
         .up
         .fetch_add(packet.len() as u64, Ordering::Relaxed);
 
-    let mut creader = FrameReader::new(client, max);
-    let mut sreader = FrameReader::new(server, max);
+    // A small limit until authenticated; the readers that follow take `max`.
+    let auth_max = crate::proxy::limits::auth_limit(max as usize) as u32;
+    let mut creader = FrameReader::new(client, auth_max);
+    let mut sreader = FrameReader::new(server, auth_max);
     let mut cancel = None;
     let mut lexing = Lexing::postgres();
     match authenticate(
@@ -458,7 +464,7 @@ async fn session(
         Err(Auth::ClientGone) => return Ok("client closed during authentication".into()),
         Err(Auth::Error(e)) => {
             let msg = format!("interceptor: {e} (session {})", ctx.id);
-            fatal(creader.get_mut(), "08006", &msg).await;
+            fatal(creader.get_mut(), e.sqlstate(), &msg).await;
             return Err(e);
         }
     }
@@ -543,9 +549,9 @@ async fn session(
         r = &mut front_fut => {
             let goodbye = match &r {
                 Ok(_) => Vec::new(),
-                Err(e @ (PgError::Client(_) | PgError::Record(_))) => codec::error_response(
+                Err(e @ (PgError::Client(_) | PgError::Record(_) | PgError::Budget(_))) => codec::error_response(
                     "FATAL",
-                    if matches!(e, PgError::Client(_)) { "08P01" } else { "58000" },
+                    e.sqlstate(),
                     &format!("interceptor: {e} (session {})", ctx.id),
                 ),
                 Err(_) => Vec::new(),
@@ -1626,13 +1632,13 @@ enum Current {
 impl Back {
     async fn run(&mut self, stop: oneshot::Receiver<Vec<u8>>) -> Result<String, PgError> {
         let r = self.relay(stop).await;
-        if let Err(e @ (PgError::Server(_) | PgError::Unexpected(_))) = &r {
+        if let Err(e @ (PgError::Server(_) | PgError::Unexpected(_) | PgError::Budget(_))) = &r {
             // Tell the client why its session ends (best effort).
             let m = format!("interceptor: {e} (session {})", self.st.session_id);
             let _ = self
                 .st
                 .out
-                .write_all(&codec::error_response("FATAL", "08P01", &m))
+                .write_all(&codec::error_response("FATAL", e.sqlstate(), &m))
                 .await;
             let _ = self.st.out.flush().await;
         }
