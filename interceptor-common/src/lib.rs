@@ -17,6 +17,7 @@ pub mod maps {
     pub const ORIGIN_BY_COOKIE: &str = "IC_ORIGIN_COOKIE";
     pub const ORIGIN_BY_TUPLE: &str = "IC_ORIGIN_TUPLE";
     pub const COUNTERS: &str = "IC_COUNTERS";
+    pub const UIDS: &str = "IC_UIDS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -24,6 +25,10 @@ pub mod programs {
     pub const CONNECT4: &str = "ic_connect4";
     pub const CONNECT6: &str = "ic_connect6";
     pub const SOCK_OPS: &str = "ic_sock_ops";
+    /// Variants attached to the cgroup2 root for `attach --uid`: they act
+    /// only on connects whose caller's real uid is in `IC_UIDS`.
+    pub const CONNECT4_UID: &str = "ic_connect4_uid";
+    pub const CONNECT6_UID: &str = "ic_connect6_uid";
 }
 
 /// Capacity of the LRU origin maps. An entry lives from `connect()` until the
@@ -32,21 +37,35 @@ pub mod programs {
 pub const ORIGIN_MAP_SIZE: u32 = 65_536;
 /// Capacity of each rule trie.
 pub const RULE_MAP_SIZE: u32 = 1_024;
+/// Capacity of the attached-uid table.
+pub const UID_MAP_SIZE: u32 = 1_024;
 
 /// The single entry of the `IC_CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Port of the proxy listener on 127.0.0.1 and ::1 (host byte order).
-    /// 0 means "not configured": intercepted connects are refused (fail closed).
+    /// Connects from attached processes to this port on a loopback or
+    /// unspecified address are refused unless the programs redirected them.
     pub proxy_port: u16,
     /// 1 when connects matching neither an intercept nor an allow rule must
     /// fail with EPERM.
     pub egress_deny: u8,
-    pub _pad: u8,
-    /// SO_MARK carried by the daemon's own sockets; such sockets are never
-    /// redirected or refused. 0 disables the check.
+    /// 1 once the proxy listens; until then intercepted connects are refused
+    /// (fail closed).
+    pub ready: u8,
+    /// SO_MARK carried by the daemon's own sockets. A socket is the daemon's
+    /// own (never redirected or refused) only when it carries this mark AND
+    /// the connecting process is `daemon_tgid`. 0 disables the skip.
     pub mark: u32,
+    /// Process id (init pid namespace) of the running daemon.
+    pub daemon_tgid: u32,
+    /// Changes at every daemon start; stamped into each origin so that
+    /// userspace never serves an origin written for an earlier run.
+    pub generation: u32,
+    /// Cookie of the daemon's network namespace. Intercepted connects from
+    /// any other namespace are refused (the proxy is not reachable there).
+    pub netns_cookie: u64,
 }
 
 /// Data part of an LPM-trie key: destination port (network byte order) then
@@ -90,10 +109,18 @@ pub struct Origin {
     pub _pad: u16,
     pub cgroup_id: u64,
     pub comm: [u8; 16],
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at connect time.
+    pub created_ns: u64,
+    /// Network namespace cookie of the connecting socket.
+    pub netns: u64,
+    /// `Config::generation` at connect time.
+    pub generation: u32,
+    pub _pad2: u32,
 }
 
 /// Key of an origin once the connection has a source port: the client side
-/// of the connection as the proxy sees it from `accept()`.
+/// of the connection as the proxy sees it from `accept()`, in the network
+/// namespace it was made in (the same 4-tuple can exist in two namespaces).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TupleKey {
@@ -103,6 +130,10 @@ pub struct TupleKey {
     pub src_port: u16,
     /// Proxy port (host byte order).
     pub dst_port: u16,
+    /// Always 0 (hash keys compare every byte).
+    pub _pad: u32,
+    /// Network namespace cookie of the connection.
+    pub netns: u64,
 }
 
 /// Indexes into the per-CPU `IC_COUNTERS` array.
@@ -117,7 +148,11 @@ pub mod counters {
     pub const ORIGIN_STORE_FAILED: u32 = 3;
     /// Connections re-keyed by 4-tuple in sock_ops.
     pub const REKEYED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Direct connects from attached processes to the proxy port: refused.
+    pub const DIRECT_REFUSED: u32 = 5;
+    /// Intercepted connects from another network namespace: refused.
+    pub const NETNS_REFUSED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Maps an IPv4 address (octets in network order) to its IPv4-mapped IPv6 form.
@@ -126,6 +161,15 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
     ]
 }
+
+// The layouts are part of the pinned maps' contract: a change makes the
+// daemon replace the pins (see the daemon's redirect module). No implicit
+// padding anywhere: every byte of a key is written.
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+const _: () = assert!(core::mem::size_of::<Origin>() == 80);
+const _: () = assert!(core::mem::size_of::<TupleKey>() == 32);
+const _: () = assert!(core::mem::size_of::<RuleKey>() == 18);
+const _: () = assert!(core::mem::size_of::<RuleValue>() == 4);
 
 #[cfg(feature = "user")]
 mod pod {

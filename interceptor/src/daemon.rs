@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::approval::{Approvals, Resolution};
 use crate::config::Config;
-use crate::control::{self, AttachResult, CgroupSelector, InterceptInfo, Status};
+use crate::control::{self, AttachResult, CgroupSelector, InterceptInfo, Status, UidAttachResult};
 use crate::identity::CgroupPaths;
 use crate::identity::enroll::{Enrollment, Enrollments, now_unix};
 use crate::identity::jwks::HttpsFetcher;
@@ -71,7 +71,7 @@ impl Shared {
                 new.intercepts(),
                 new.egress_allow(),
                 new.defaults().egress == policy::Egress::Deny,
-                self.config.proxy_port,
+                true,
             )?;
         }
         let summary = format!(
@@ -88,8 +88,12 @@ impl Shared {
         Ok(summary)
     }
 
-    /// True when `pid` lives in an attached cgroup (or below one).
+    /// True when `pid` lives in an attached cgroup (or below one), or runs
+    /// as an attached uid.
     pub fn pid_is_attached(&self, pid: u32) -> Option<String> {
+        if let Some(uid) = self.pid_attached_uid(pid) {
+            return Some(format!("attached uid {uid}"));
+        }
         let cg = self.cgroup.of_pid(pid).ok()?;
         self.attached_paths()
             .into_iter()
@@ -326,8 +330,79 @@ impl Shared {
             "cgroup": cgroup,
             "unit": crate::redirect::cgroup::unit_of(&cgroup),
             "attached": attached,
+            "attached_uid": self.pid_attached_uid(pid),
             "identity": identity,
         }))
+    }
+
+    /// The real uid of `pid` when that uid is attached.
+    fn pid_attached_uid(&self, pid: u32) -> Option<u32> {
+        let uid = crate::redirect::uids::real_uid_of(pid)?;
+        let r = self.redirector.lock().ok()?;
+        r.uid_attached(uid).then_some(uid)
+    }
+
+    /// Where identity lookups search for a cgroup id they have not seen:
+    /// the attached cgroups, and the whole hierarchy once a uid is attached
+    /// (its processes can live anywhere).
+    pub fn identity_roots(&self) -> Vec<String> {
+        let mut roots = self.attached_paths();
+        let any_uid = self
+            .redirector
+            .lock()
+            .map(|r| r.attached_uids().next().is_some())
+            .unwrap_or(false);
+        if any_uid {
+            roots.push("/".to_string());
+        }
+        roots
+    }
+
+    /// `attach --uid`: the uid programs on the cgroup2 root intercept every
+    /// process of that real uid. Root (and the daemon's own uid) is refused.
+    pub fn attach_uid(&self, user: &str, peer: control::server::Peer) -> Result<UidAttachResult> {
+        let (uid, name) = resolve_user(user)?;
+        if uid == 0 {
+            return Err(crate::redirect::uids::UidStoreError::Root.into());
+        }
+        if uid == nix::unistd::getuid().as_raw() || uid == nix::unistd::geteuid().as_raw() {
+            bail!(
+                "refusing to attach uid {uid}: the interceptor daemon itself runs as that user; run the agent as a dedicated user"
+            );
+        }
+        let changed = self
+            .redirector
+            .lock()
+            .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?
+            .attach_uid(crate::redirect::UidAttachment {
+                uid,
+                user: name.clone(),
+                attached_at: Some(record::now_rfc3339()),
+                by_uid: Some(peer.uid),
+            })?;
+        info!(uid, user = ?name, by_uid = peer.uid, changed, "uid attached");
+        Ok(UidAttachResult {
+            uid,
+            user: name,
+            changed,
+        })
+    }
+
+    pub fn detach_uid(&self, user: &str) -> Result<UidAttachResult> {
+        let (uid, name) = resolve_user(user)?;
+        let changed = self
+            .redirector
+            .lock()
+            .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?
+            .detach_uid(uid)?;
+        if changed {
+            info!(uid, user = ?name, "uid detached");
+        }
+        Ok(UidAttachResult {
+            uid,
+            user: name,
+            changed,
+        })
     }
 
     pub fn attached_paths(&self) -> Vec<String> {
@@ -425,7 +500,7 @@ impl Shared {
 
     pub fn status(&self) -> Status {
         let policy = self.policy();
-        let (attached, kernel) = match self.redirector.lock() {
+        let (attached, attached_uids, kernel) = match self.redirector.lock() {
             Ok(r) => (
                 r.attached()
                     .map(|a| AttachResult {
@@ -434,9 +509,10 @@ impl Shared {
                         changed: false,
                     })
                     .collect(),
+                r.attached_uids().cloned().collect(),
                 r.counters(),
             ),
-            Err(_) => (Vec::new(), Default::default()),
+            Err(_) => (Vec::new(), Vec::new(), Default::default()),
         };
         Status {
             enrollments: self
@@ -464,6 +540,7 @@ impl Shared {
             policy: self.config.policy.display().to_string(),
             egress: policy.defaults().egress.to_string(),
             attached,
+            attached_uids,
             intercepts: policy
                 .intercepts()
                 .iter()
@@ -485,6 +562,18 @@ impl Shared {
                 "recorder": self.recorder.stats(),
             }),
         }
+    }
+}
+
+/// A user name or a numeric uid, with its name when it has one.
+fn resolve_user(user: &str) -> Result<(u32, Option<String>)> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Ok((uid, crate::redirect::uids::user_name(uid)));
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok((u.uid.as_raw(), Some(u.name))),
+        Ok(None) => bail!("no user named {user:?} (give a user name or a numeric uid)"),
+        Err(e) => bail!("looking up user {user:?}: {e}"),
     }
 }
 
@@ -519,12 +608,18 @@ pub async fn run(config: Config) -> Result<()> {
             pin_dir: config.bpf_pin_dir.clone(),
             proxy_port: config.proxy_port,
             socket_mark: config.socket_mark,
+            uid_state: config.state_dir.join("attached-uids.json"),
         },
         cgroup.clone(),
     )?;
     let egress_deny = policy.defaults().egress == policy::Egress::Deny;
-    // Port 0 until the listener is bound: intercepted connects are refused.
-    redirector.apply_rules(policy.intercepts(), policy.egress_allow(), egress_deny, 0)?;
+    // Not ready until the listener is bound: intercepted connects are refused.
+    redirector.apply_rules(
+        policy.intercepts(),
+        policy.egress_allow(),
+        egress_deny,
+        false,
+    )?;
     match redirector.take_logger() {
         Ok(logger) => spawn_kernel_logger(logger),
         Err(e) => warn!(error = %e, "kernel-side logging unavailable"),
@@ -548,7 +643,7 @@ pub async fn run(config: Config) -> Result<()> {
         policy.intercepts(),
         policy.egress_allow(),
         egress_deny,
-        config.proxy_port,
+        true,
     )?;
 
     let control = control::server::bind(
@@ -731,6 +826,9 @@ async fn reconcile_attachments(
                 redirector.detach(id)?;
             }
         }
+    }
+    for u in redirector.restore_uids()? {
+        info!(uid = u.uid, user = ?u.user, "uid attachment restored");
     }
     Ok(())
 }

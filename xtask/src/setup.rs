@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     "python3",
     "iproute2",
     "systemd",
+    // atd: the redirect-hardening test starts an `at` job as an attached uid.
+    "at",
 ];
 
 pub fn run(with_test_deps: bool) -> Result<()> {
@@ -160,9 +162,21 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
 
-/// Removes cgroups and bpffs pins left behind by an end-to-end run that was
-/// killed before its cleanup ran.
+/// Removes cgroups, bpffs pins and throwaway system users (`ictest*`, made
+/// by tests/tests/redirect_hardening.rs) left behind by an end-to-end run
+/// that was killed before its cleanup ran.
 pub fn clean_stale_test_state() {
+    if let Ok(passwd) = std::fs::read_to_string("/etc/passwd") {
+        for line in passwd.lines() {
+            let name = line.split(':').next().unwrap_or_default();
+            if name.len() > 6
+                && name.starts_with("ictest")
+                && name[6..].bytes().all(|b| b.is_ascii_digit())
+            {
+                let _ = Command::new("userdel").arg(name).output();
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
             if e.file_name()

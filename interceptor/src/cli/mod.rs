@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::control::client::Client;
-use crate::control::{AttachResult, CgroupSelector, Request, Status};
+use crate::control::{AttachResult, CgroupSelector, Request, Status, UidAttachResult};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,9 +48,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Attach a cgroup: its processes' intercepted connections go through the proxy.
+    /// Attach a cgroup (or a uid): its processes' intercepted connections go through the proxy.
     Attach(#[command(flatten)] Target),
-    /// Detach a cgroup: its processes connect directly again.
+    /// Detach a cgroup (or a uid): its processes connect directly again.
     Detach(#[command(flatten)] Target),
     /// Show the daemon's attachments, intercept rules, live sessions and counters (or, with --pid, where a process lives).
     Status {
@@ -102,14 +102,29 @@ struct Target {
     /// Use the cgroup this process is in.
     #[arg(long, value_name = "PID")]
     pid: Option<u32>,
+    /// Every process running as this user (name or numeric uid), wherever it
+    /// lives: closes escapes through at, cron, systemd-run --user, ssh. Not root.
+    #[arg(long, value_name = "NAME|UID")]
+    uid: Option<String>,
 }
 
-impl From<Target> for CgroupSelector {
-    fn from(t: Target) -> Self {
-        CgroupSelector {
-            cgroup: t.cgroup,
-            unit: t.unit,
-            pid: t.pid,
+impl Target {
+    fn request(self, attach: bool) -> Request {
+        match (self.uid, attach) {
+            (Some(user), true) => Request::AttachUid { user },
+            (Some(user), false) => Request::DetachUid { user },
+            (None, _) => {
+                let sel = CgroupSelector {
+                    cgroup: self.cgroup,
+                    unit: self.unit,
+                    pid: self.pid,
+                };
+                if attach {
+                    Request::Attach(sel)
+                } else {
+                    Request::Detach(sel)
+                }
+            }
         }
     }
 }
@@ -177,14 +192,21 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Attach(_) | Command::Detach(_) => {
             let paths = cli.paths()?;
             let (req, verb) = match cli.command {
-                Command::Attach(t) => (Request::Attach(t.into()), "attached"),
-                Command::Detach(t) => (Request::Detach(t.into()), "detached"),
+                Command::Attach(t) => (t.request(true), "attached"),
+                Command::Detach(t) => (t.request(false), "detached"),
                 _ => unreachable!("matched above"),
             };
+            let by_uid = matches!(req, Request::AttachUid { .. } | Request::DetachUid { .. });
             let data = Client::connect(&paths.socket)?.call(&req)?;
-            let r: AttachResult =
-                serde_json::from_value(data).context("reading the daemon's answer")?;
-            print!("{}", output::attach_result(&r, verb));
+            if by_uid {
+                let r: UidAttachResult =
+                    serde_json::from_value(data).context("reading the daemon's answer")?;
+                print!("{}", output::uid_attach_result(&r, verb));
+            } else {
+                let r: AttachResult =
+                    serde_json::from_value(data).context("reading the daemon's answer")?;
+                print!("{}", output::attach_result(&r, verb));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status {
@@ -274,5 +296,29 @@ mod tests {
             Cli::try_parse_from(["interceptor", "attach", "--cgroup", "/a", "--pid", "1"]).is_err()
         );
         assert!(Cli::try_parse_from(["interceptor", "attach", "--pid", "1"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["interceptor", "attach", "--uid", "agent", "--pid", "1"]).is_err()
+        );
+    }
+
+    #[test]
+    fn uid_targets_become_uid_requests() {
+        let cli = Cli::try_parse_from(["interceptor", "attach", "--uid", "agent"]).unwrap();
+        let Command::Attach(t) = cli.command else {
+            panic!("attach")
+        };
+        assert!(matches!(t.request(true), Request::AttachUid { user } if user == "agent"));
+        let cli = Cli::try_parse_from(["interceptor", "detach", "--uid", "1001"]).unwrap();
+        let Command::Detach(t) = cli.command else {
+            panic!("detach")
+        };
+        assert!(matches!(t.request(false), Request::DetachUid { user } if user == "1001"));
+        let cli = Cli::try_parse_from(["interceptor", "detach", "--cgroup", "/a"]).unwrap();
+        let Command::Detach(t) = cli.command else {
+            panic!("detach")
+        };
+        assert!(
+            matches!(t.request(false), Request::Detach(s) if s.cgroup.as_deref() == Some("/a"))
+        );
     }
 }

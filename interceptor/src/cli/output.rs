@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use crate::control::{AttachResult, Status};
+use crate::control::{AttachResult, Status, UidAttachResult};
 use crate::record::store::{ApprovalRow, EventRow, SessionRow};
 
 /// Whether `c` is shown as an escape: C0 controls (newline included),
@@ -144,17 +144,33 @@ pub fn attach_result(r: &AttachResult, verb: &str) -> String {
     }
 }
 
+/// `interceptor attach|detach --uid`.
+pub fn uid_attach_result(r: &UidAttachResult, verb: &str) -> String {
+    let who = match &r.user {
+        Some(name) => format!("uid {} ({})", r.uid, esc(name)),
+        None => format!("uid {}", r.uid),
+    };
+    match (verb, r.changed) {
+        ("detached", false) => format!("{who} was not attached\n"),
+        ("attached", false) => format!("{who} was already attached\n"),
+        _ => format!("{verb} {who}\n"),
+    }
+}
+
 /// `interceptor status --pid PID` (the daemon's `where_is` answer).
 pub fn where_is(pid: u32, v: &serde_json::Value) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "pid {pid} ({})", jstr(v, "exe"));
     let _ = writeln!(o, "  cgroup     {}", jstr(v, "cgroup"));
     let _ = writeln!(o, "  unit       {}", jstr(v, "unit"));
-    match v["attached"].as_str() {
-        Some(a) => {
+    match (v["attached"].as_str(), v["attached_uid"].as_u64()) {
+        (Some(a), _) => {
             let _ = writeln!(o, "  intercepted: yes (attached cgroup {})", esc(a));
         }
-        None => {
+        (None, Some(uid)) => {
+            let _ = writeln!(o, "  intercepted: yes (attached uid {uid})");
+        }
+        (None, None) => {
             let _ = writeln!(
                 o,
                 "  intercepted: no (no attached cgroup covers it; `interceptor attach --pid {pid}` would attach {})",
@@ -200,6 +216,21 @@ pub fn status(s: &Status) -> String {
         o.push_str("attached cgroups:\n");
         for a in &s.attached {
             let _ = writeln!(o, "  {}  (id {})", esc(&a.cgroup), a.cgroup_id);
+        }
+    }
+    if !s.attached_uids.is_empty() {
+        o.push_str("attached uids (intercepted wherever they run):\n");
+        for u in &s.attached_uids {
+            let _ = writeln!(
+                o,
+                "  uid {}  {}  (since {})",
+                u.uid,
+                esc(u.user.as_deref().unwrap_or("-")),
+                u.attached_at
+                    .as_deref()
+                    .map(short_ts)
+                    .unwrap_or_else(|| "-".into())
+            );
         }
     }
     o.push('\n');

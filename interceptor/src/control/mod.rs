@@ -29,6 +29,14 @@ pub enum Request {
     Status,
     Attach(CgroupSelector),
     Detach(CgroupSelector),
+    /// Intercept every process whose real uid is `user` (a name or a
+    /// number), wherever it lives (`attach --uid`).
+    AttachUid {
+        user: String,
+    },
+    DetachUid {
+        user: String,
+    },
     /// Re-read the policy file (same as SIGHUP).
     PolicyReload,
     ApprovalsList {
@@ -112,6 +120,17 @@ pub struct AttachResult {
     pub changed: bool,
 }
 
+/// Result of `attach --uid` / `detach --uid`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UidAttachResult {
+    pub uid: u32,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Attach: false when it was attached already. Detach: false when it
+    /// was not attached.
+    pub changed: bool,
+}
+
 /// `interceptor status`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -125,6 +144,9 @@ pub struct Status {
     pub policy: String,
     pub egress: String,
     pub attached: Vec<AttachResult>,
+    /// Uids attached with `attach --uid`.
+    #[serde(default)]
+    pub attached_uids: Vec<crate::redirect::UidAttachment>,
     pub intercepts: Vec<InterceptInfo>,
     #[serde(default)]
     pub enrollments: Vec<serde_json::Value>,

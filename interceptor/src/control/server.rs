@@ -204,6 +204,14 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
             Ok(r) => Response::ok(r),
             Err(e) => Response::err(format!("{e:#}")),
         },
+        Request::AttachUid { user } => match shared.attach_uid(&user, peer) {
+            Ok(r) => Response::ok(r),
+            Err(e) => Response::err(format!("{e:#}")),
+        },
+        Request::DetachUid { user } => match shared.detach_uid(&user) {
+            Ok(r) => Response::ok(r),
+            Err(e) => Response::err(format!("{e:#}")),
+        },
         Request::PolicyReload => match shared.reload_policy() {
             Ok(summary) => Response::ok(summary),
             Err(e) => Response::err(format!("{e:#}; the current policy stays in force")),

@@ -234,7 +234,7 @@ async fn handle(
     let _ = client.set_nodelay(true);
     let dst = origin_addr(&origin);
     let protocol = Protocol::from_id(origin.protocol).unwrap_or(Protocol::Tcp);
-    let roots = shared.attached_paths();
+    let roots = shared.identity_roots();
     let resolved = identity::resolve(&origin, &shared.cgroup, &shared.paths, &roots);
     let mut workload = resolved.workload;
     workload.identity = shared

@@ -248,6 +248,12 @@ fn status_enroll_and_where_is_escape_every_field() {
                 cgroup: h.to_string(),
                 changed: true,
             }],
+            attached_uids: vec![crate::redirect::UidAttachment {
+                uid: 1001,
+                user: Some(h.to_string()),
+                attached_at: Some(h.to_string()),
+                by_uid: Some(0),
+            }],
             intercepts: vec![crate::control::InterceptInfo {
                 port: 5432,
                 cidr: Some(h.to_string()),
@@ -263,7 +269,7 @@ fn status_enroll_and_where_is_escape_every_field() {
         };
         let out = status(&st);
         assert_clean(&out);
-        assert_eq!(out.lines().count(), 21, "{out}");
+        assert_eq!(out.lines().count(), 23, "{out}");
         let v = serde_json::json!({
             "exe": h, "cgroup": h, "unit": h, "attached": h,
             "identity": { "subject": h, "repository": h, "enrolled_cgroup": h },
@@ -295,5 +301,26 @@ fn status_enroll_and_where_is_escape_every_field() {
         );
         assert_clean(&out);
         assert_eq!(out.lines().count(), 1);
+        for verb in ["attached", "detached"] {
+            for changed in [true, false] {
+                let out = uid_attach_result(
+                    &crate::control::UidAttachResult {
+                        uid: 1001,
+                        user: Some(h.to_string()),
+                        changed,
+                    },
+                    verb,
+                );
+                assert_clean(&out);
+                assert_eq!(out.lines().count(), 1);
+            }
+        }
+        let v = serde_json::json!({
+            "exe": h, "cgroup": h, "unit": h, "attached": null, "attached_uid": 1001,
+            "identity": null,
+        });
+        let out = where_is(5, &v);
+        assert_clean(&out);
+        assert!(out.contains("attached uid 1001"), "{out}");
     }
 }
