@@ -145,6 +145,24 @@ impl Shared {
         }
     }
 
+    /// Whether `sel` names a cgroup that is attached already (same id):
+    /// attaching it again changes nothing, so it is allowed from inside an
+    /// attached cgroup too (a runner unit's `ExecStartPre=+interceptor
+    /// attach --unit %n` runs in the unit's cgroup, which is still attached
+    /// when leftover processes kept it alive across a restart).
+    pub fn already_attached(&self, sel: &CgroupSelector) -> bool {
+        let Ok(path) = self.select(sel) else {
+            return false;
+        };
+        let Ok(id) = self.cgroup.id_of(&path) else {
+            return false;
+        };
+        self.redirector
+            .lock()
+            .map(|r| r.attached().any(|a| a.id == id))
+            .unwrap_or(false)
+    }
+
     /// The unit pending approvals are bounded by: the outermost attached
     /// cgroup covering `cgroup` (the job), else `cgroup` itself.
     pub fn job_cgroup(&self, cgroup: &str) -> String {

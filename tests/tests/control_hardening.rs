@@ -319,6 +319,11 @@ fn state_changes_only_from_outside_attached_cgroups() {
     );
     assert_eq!(attached(&d), vec![cg.path.clone()]);
 
+    // Attaching what is attached already changes nothing, so it is allowed
+    // (a runner unit's ExecStartPre attach runs in the unit's own cgroup).
+    let out = cli_in(&d, &cg, &["attach", "--cgroup", &cg.path]);
+    assert!(out.status.success(), "{}", text(&out));
+
     // Read-only requests still work from inside.
     let out = cli_in(&d, &cg, &["status"]);
     assert!(out.status.success(), "{}", text(&out));

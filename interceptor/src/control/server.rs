@@ -354,6 +354,8 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, proc: &PeerProcess, req: Reque
     let caller = if changes_state(&req) {
         match shared.outside_caller(peer, proc) {
             Ok(c) => Some(c),
+            // Re-attaching what is attached loosens nothing.
+            Err(_) if matches!(&req, Request::Attach(sel) if shared.already_attached(sel)) => None,
             Err(e) => {
                 warn!(uid = peer.uid, pid = ?peer.pid, error = %format!("{e:#}"), "control request refused");
                 return Response::err(format!("{e:#}"));
