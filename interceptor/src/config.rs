@@ -43,6 +43,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
     enroll_socket: Option<PathBuf>,
+    max_token_age: Option<String>,
     #[serde(default)]
     issuer: Vec<crate::identity::token::IssuerConfig>,
 }
@@ -54,9 +55,13 @@ pub struct IdentityConfig {
     /// it accepts nothing else).
     pub enroll_socket: PathBuf,
     pub issuers: Vec<crate::identity::token::IssuerConfig>,
+    /// Oldest token (`now - iat`) accepted for enrollment; tokens without
+    /// `iat` are refused.
+    pub max_token_age: Duration,
 }
 
 pub const DEFAULT_ENROLL_SOCKET: &str = "/run/interceptor/enroll.sock";
+pub const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +131,7 @@ struct RawApprovals {
     command: Option<Vec<String>>,
     webhook: Option<String>,
     notify_timeout: Option<String>,
+    allow_same_uid: Option<bool>,
 }
 
 /// How new approval requests are announced (besides `approvals watch`).
@@ -136,6 +142,10 @@ pub struct ApprovalConfig {
     /// URL that receives each new request as a JSON POST.
     pub webhook: Option<String>,
     pub notify_timeout: Duration,
+    /// Whether an approver may decide a request held for a process running
+    /// as the approver's own uid (default false: the workload's user cannot
+    /// approve its own commands, even from outside the attached cgroup).
+    pub allow_same_uid: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -210,6 +220,7 @@ impl Default for Config {
                 command: None,
                 webhook: None,
                 notify_timeout: Duration::from_secs(10),
+                allow_same_uid: false,
             },
             tls: TlsConfig {
                 ca_dir: PathBuf::from(DEFAULT_STATE_DIR).join("ca"),
@@ -220,6 +231,7 @@ impl Default for Config {
             identity: IdentityConfig {
                 enroll_socket: DEFAULT_ENROLL_SOCKET.into(),
                 issuers: Vec::new(),
+                max_token_age: DEFAULT_MAX_TOKEN_AGE,
             },
         }
     }
@@ -362,7 +374,22 @@ impl Config {
             upstream_verify: raw.tls.upstream_verify.unwrap_or(true),
             upstream_ca_file: raw.tls.upstream_ca_file.map(resolve),
         };
+        let max_token_age = match raw.identity.max_token_age {
+            None => DEFAULT_MAX_TOKEN_AGE,
+            Some(s) => match parse_duration(&s) {
+                Some(d) if d >= Duration::from_secs(1) => d,
+                _ => {
+                    return Err(invalid(
+                        "max_token_age",
+                        format!(
+                            "identity.max_token_age: invalid duration {s:?} (at least \"1s\", e.g. \"15m\")"
+                        ),
+                    ));
+                }
+            },
+        };
         let identity = IdentityConfig {
+            max_token_age,
             enroll_socket: raw
                 .identity
                 .enroll_socket
@@ -423,6 +450,7 @@ impl Config {
                     }
                     w => w,
                 },
+                allow_same_uid: raw.approvals.allow_same_uid.unwrap_or(false),
                 notify_timeout: match raw.approvals.notify_timeout {
                     None => defaults.approvals.notify_timeout,
                     Some(s) => parse_duration(&s).ok_or_else(|| {
@@ -573,6 +601,32 @@ mod tests {
                 .to_string();
             assert!(err.contains(key), "{err}");
             assert!(err.starts_with("c.toml:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn identity_and_approval_hardening_keys() {
+        let c = Config::parse("", Path::new("c.toml")).unwrap();
+        assert_eq!(c.identity.max_token_age, DEFAULT_MAX_TOKEN_AGE);
+        assert!(!c.approvals.allow_same_uid);
+        let c = Config::parse(
+            "[identity]\nmax_token_age = \"5m\"\n[approvals]\nallow_same_uid = true\n",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.identity.max_token_age, Duration::from_secs(300));
+        assert!(c.approvals.allow_same_uid);
+        for bad in ["\"0s\"", "\"soon\"", "\"15\""] {
+            let err = Config::parse(
+                &format!("[identity]\nmax_token_age = {bad}\n"),
+                Path::new("c.toml"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("c.toml:2:1:") && err.contains("max_token_age"),
+                "{err}"
+            );
         }
     }
 

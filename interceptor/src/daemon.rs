@@ -13,9 +13,11 @@ use tracing::{error, info, warn};
 
 use crate::approval::{Approvals, Resolution};
 use crate::config::Config;
+use crate::control::peer::{OutsideCaller, PeerProcess};
+use crate::control::server::Peer;
 use crate::control::{self, AttachResult, CgroupSelector, InterceptInfo, Status, UidAttachResult};
 use crate::identity::CgroupPaths;
-use crate::identity::enroll::{Enrollment, Enrollments, now_unix};
+use crate::identity::enroll::{Admit, Enrollment, Enrollments, RejectLimiter, now_unix, replay_id};
 use crate::identity::jwks::HttpsFetcher;
 use crate::identity::token::Verifier;
 use crate::proxy::gate::SqlCache;
@@ -48,6 +50,11 @@ pub struct Shared {
     pub enrollments: Enrollments,
     /// None when no `[[identity.issuer]]` is configured.
     pub verifier: Option<Verifier>,
+    /// Serialises the check-record-bind step of enrollments, so two
+    /// concurrent enrollments of one cgroup cannot both pass the check.
+    enroll_lock: tokio::sync::Mutex<()>,
+    /// Bounds how many rejected enrollments are recorded.
+    rejects: RejectLimiter,
 }
 
 impl Shared {
@@ -88,35 +95,107 @@ impl Shared {
         Ok(summary)
     }
 
-    /// True when `pid` lives in an attached cgroup (or below one), or runs
-    /// as an attached uid.
-    pub fn pid_is_attached(&self, pid: u32) -> Option<String> {
-        if let Some(uid) = self.pid_attached_uid(pid) {
-            return Some(format!("attached uid {uid}"));
+    /// The attached cgroup covering `cgroup` (itself or an ancestor), by
+    /// cgroup id: what the kernel intercepts. A cgroup recreated under an
+    /// attached path is not attached (its id differs); a renamed attached
+    /// cgroup still is. An error when some level cannot be looked at (the
+    /// cgroup was removed meanwhile): the caller must refuse.
+    pub fn attached_covering(&self, cgroup: &str) -> Result<Option<String>> {
+        let attached: std::collections::HashSet<u64> = self
+            .redirector
+            .lock()
+            .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?
+            .attached()
+            .map(|a| a.id)
+            .collect();
+        let mut path = cgroup.trim_end_matches('/').to_string();
+        loop {
+            if path.is_empty() {
+                path.push('/');
+            }
+            let id = self.cgroup.id_of(&path)?;
+            if attached.contains(&id) {
+                return Ok(Some(path));
+            }
+            match path.rfind('/') {
+                Some(0) if path.len() > 1 => path.truncate(1),
+                Some(i) if i > 0 => path.truncate(i),
+                _ => return Ok(None),
+            }
         }
-        let cg = self.cgroup.of_pid(pid).ok()?;
-        self.attached_paths()
-            .into_iter()
-            .find(|a| is_within(&cg, a))
-            .map(|_| cg)
     }
 
-    /// An approver's decision on a pending request.
+    /// Establishes that the process behind a control connection is outside
+    /// every attached cgroup, as every state-changing request requires
+    /// (approve/deny, attach, detach, policy reload, revoking another
+    /// cgroup's enrollment). Refuses when the process cannot be pinned (it
+    /// exited after connecting) or its cgroup cannot be read.
+    pub fn outside_caller(&self, peer: Peer, proc: &PeerProcess) -> Result<OutsideCaller> {
+        let cg = proc.cgroup(&self.cgroup).map_err(|e| {
+            anyhow::anyhow!("refused: {e}; state-changing requests need a caller whose cgroup can be established")
+        })?;
+        // A process of an attached uid is intercepted wherever it runs.
+        let uid_attached = self
+            .redirector
+            .lock()
+            .map_err(|_| anyhow::anyhow!("redirector lock poisoned"))?
+            .uid_attached(peer.uid);
+        if uid_attached {
+            bail!(
+                "refused: this request comes from uid {}, which is attached; a workload cannot approve its own commands or change what intercepts it",
+                peer.uid
+            );
+        }
+        match self.attached_covering(&cg) {
+            Ok(None) => Ok(OutsideCaller::new(peer, cg)),
+            Ok(Some(a)) => bail!(
+                "refused: this request comes from inside an attached cgroup ({cg}, covered by {a}); a workload cannot approve its own commands or change what intercepts it"
+            ),
+            Err(e) => {
+                bail!("refused: cannot tell whether {cg} is inside an attached cgroup ({e:#})")
+            }
+        }
+    }
+
+    /// Whether `sel` names a cgroup that is attached already (same id):
+    /// attaching it again changes nothing, so it is allowed from inside an
+    /// attached cgroup too (a runner unit's `ExecStartPre=+interceptor
+    /// attach --unit %n` runs in the unit's cgroup, which is still attached
+    /// when leftover processes kept it alive across a restart).
+    pub fn already_attached(&self, sel: &CgroupSelector) -> bool {
+        let Ok(path) = self.select(sel) else {
+            return false;
+        };
+        let Ok(id) = self.cgroup.id_of(&path) else {
+            return false;
+        };
+        self.redirector
+            .lock()
+            .map(|r| r.attached().any(|a| a.id == id))
+            .unwrap_or(false)
+    }
+
+    /// The unit pending approvals are bounded by: the outermost attached
+    /// cgroup covering `cgroup` (the job), else `cgroup` itself.
+    pub fn job_cgroup(&self, cgroup: &str) -> String {
+        self.attached_paths()
+            .into_iter()
+            .filter(|a| is_within(cgroup, a))
+            .min_by_key(|a| a.len())
+            .unwrap_or_else(|| cgroup.to_string())
+    }
+
+    /// An approver's decision on a pending request. The caller was
+    /// established outside every attached cgroup.
     pub async fn decide_approval(
         &self,
         id: i64,
         approve: bool,
         reason: Option<String>,
         scope_minutes: Option<u32>,
-        peer: control::server::Peer,
+        caller: &OutsideCaller,
     ) -> Result<serde_json::Value> {
-        if let Some(pid) = peer.pid
-            && let Some(cg) = self.pid_is_attached(pid)
-        {
-            bail!(
-                "refused: this request comes from inside an attached cgroup ({cg}); an agent cannot approve its own commands"
-            );
-        }
+        let peer = caller.peer();
         let conn = store::open_ro(&self.config.database)?;
         let row = store::get_approval(&conn, id)?
             .with_context(|| format!("no approval request with id {id}"))?;
@@ -140,6 +219,19 @@ impl Shared {
         if scope_minutes.is_some() && row.shape.is_none() {
             bail!(
                 "approval request {id} can only be approved as its exact text (its statement carries code in string literals or dynamic SQL, or could not be parsed, so its shape says nothing about what runs); approve it without --for"
+            );
+        }
+        // The workload's own user does not decide its own commands, not even
+        // from outside the cgroup (a login shell of the CI user, a cron job).
+        let held_uid = self
+            .approvals
+            .owner(id)
+            .map(|o| o.uid)
+            .unwrap_or_else(|| row.uid.and_then(|u| u32::try_from(u).ok()));
+        if !self.config.approvals.allow_same_uid && held_uid == Some(peer.uid) {
+            bail!(
+                "refused: approval request {id} holds a command of a process running as uid {}, the approver's own uid; a workload's user cannot decide its own commands (set [approvals] allow_same_uid = true in interceptor.toml to allow it)",
+                peer.uid
             );
         }
         let by_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(peer.uid))
@@ -178,16 +270,60 @@ impl Shared {
         Ok(serde_json::json!({ "id": id, "status": status, "by": by_name, "at": at }))
     }
 
-    /// Verifies a token and binds it to the caller's cgroup.
+    /// Records a rejected enrollment, within the rejection rate limit (a
+    /// workload retrying garbage must not fill the database or the log).
+    async fn reject_enrollment(
+        &self,
+        path: &str,
+        cgroup_id: u64,
+        pid: Option<u32>,
+        uid: u32,
+        reason: String,
+    ) -> Result<()> {
+        let suppressed = match self.rejects.admit(path, now_unix()) {
+            Admit::Suppress => {
+                tracing::debug!(cgroup = %path, ?pid, %reason, "enrollment rejected (not recorded: rate limit)");
+                return Ok(());
+            }
+            Admit::Record { suppressed } => suppressed,
+        };
+        warn!(cgroup = %path, ?pid, %reason, suppressed, "enrollment rejected");
+        let reason = if suppressed > 0 {
+            format!(
+                "{reason} ({suppressed} earlier rejected attempts from this cgroup were not recorded: rate limit)"
+            )
+        } else {
+            reason
+        };
+        self.recorder
+            .commit(WriteOp::Enrollment(Box::new(
+                crate::record::EnrollmentRecord {
+                    at: record::now_rfc3339(),
+                    status: "rejected",
+                    reason: Some(reason),
+                    cgroup_path: path.to_string(),
+                    cgroup_id,
+                    pid,
+                    uid: Some(uid),
+                    ..Default::default()
+                },
+            )))
+            .await?;
+        Ok(())
+    }
+
+    /// Verifies a token and binds it to the caller's cgroup: the cgroup of
+    /// the process that connected, which must still live.
     pub async fn enroll(
         &self,
         token: &str,
-        peer: control::server::Peer,
+        peer: Peer,
+        proc: &PeerProcess,
     ) -> Result<serde_json::Value> {
-        let pid = peer
-            .pid
-            .context("cannot tell which process is enrolling (no peer pid)")?;
-        let path = self.cgroup.of_pid(pid)?;
+        let path = proc
+            .cgroup(&self.cgroup)
+            .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+        let pid = proc.cred_pid();
         if path == "/" {
             bail!(
                 "refusing to enroll the root cgroup: run `interceptor enroll` from inside the workload's own cgroup"
@@ -204,94 +340,110 @@ impl Shared {
                     .unwrap_or_else(|| "the daemon configuration".into())
             );
         };
-        let at = record::now_rfc3339();
-        match verifier.verify(token.trim(), now_unix()).await {
+        let token = token.trim();
+        let now = now_unix();
+        let vt = match verifier.verify(token, now).await {
+            Ok(vt) => vt,
             Err(e) => {
-                warn!(cgroup = %path, pid, error = %e, "enrollment rejected");
-                self.recorder
-                    .commit(WriteOp::Enrollment(Box::new(
-                        crate::record::EnrollmentRecord {
-                            at,
-                            status: "rejected",
-                            reason: Some(e.to_string()),
-                            cgroup_path: path.clone(),
-                            cgroup_id,
-                            pid: Some(pid),
-                            uid: Some(peer.uid),
-                            ..Default::default()
-                        },
-                    )))
+                self.reject_enrollment(&path, cgroup_id, pid, peer.uid, e.to_string())
                     .await?;
                 bail!("token rejected: {e}");
             }
-            Ok(vt) => {
-                let claims_json = serde_json::to_string(&vt.claims).ok();
-                self.recorder
-                    .commit(WriteOp::Enrollment(Box::new(
-                        crate::record::EnrollmentRecord {
-                            at: at.clone(),
-                            status: "active",
-                            reason: None,
-                            cgroup_path: path.clone(),
-                            cgroup_id,
-                            pid: Some(pid),
-                            uid: Some(peer.uid),
-                            issuer: Some(vt.issuer.clone()),
-                            subject: Some(vt.subject.clone()),
-                            token_id: vt.token_id.clone(),
-                            claims: claims_json,
-                            expires_at: i64::try_from(vt.expires_at).ok(),
-                        },
-                    )))
-                    .await?;
-                self.enrollments.bind(Enrollment {
+        };
+        let token_id = replay_id(vt.token_id.as_deref(), token);
+
+        // Check, record and bind as one step.
+        let _serial = self.enroll_lock.lock().await;
+        self.enrollments.prune(now);
+        // Still the process that connected, still in that cgroup.
+        let again = proc
+            .cgroup(&self.cgroup)
+            .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+        if again != path || self.cgroup.id_of(&path)? != cgroup_id {
+            bail!("refused: the enrolling process left {path} while its token was verified");
+        }
+        if let Err(e) = self.enrollments.check(
+            &self.cgroup,
+            &path,
+            cgroup_id,
+            &vt.issuer,
+            &vt.claims,
+            &token_id,
+            now,
+        ) {
+            self.reject_enrollment(&path, cgroup_id, pid, peer.uid, e.to_string())
+                .await?;
+            bail!("token refused: {e}");
+        }
+        let at = record::now_rfc3339();
+        let claims_json = serde_json::to_string(&vt.claims).ok();
+        self.recorder
+            .commit(WriteOp::Enrollment(Box::new(
+                crate::record::EnrollmentRecord {
+                    at: at.clone(),
+                    status: "active",
+                    reason: None,
                     cgroup_path: path.clone(),
                     cgroup_id,
-                    identity: policy::Identity {
-                        issuer: vt.issuer.clone(),
-                        subject: vt.subject.clone(),
-                        claims: vt.claims.clone(),
-                    },
-                    token_id: vt.token_id.clone(),
-                    expires_at: vt.expires_at,
-                    enrolled_at: at,
-                });
-                info!(cgroup = %path, pid, issuer = %vt.issuer, subject = %vt.subject, "enrolled");
-                let named: std::collections::BTreeMap<&str, &String> = vt
-                    .shape
-                    .named_fields()
-                    .iter()
-                    .filter_map(|k| vt.claims.get(*k).map(|v| (*k, v)))
-                    .collect();
-                Ok(serde_json::json!({
-                    "cgroup": path,
-                    "issuer": vt.issuer,
-                    "subject": vt.subject,
-                    "shape": vt.shape.as_str(),
-                    "token_id": vt.token_id,
-                    "expires_at": vt.expires_at,
-                    "claims": named,
-                }))
-            }
-        }
+                    pid,
+                    uid: Some(peer.uid),
+                    issuer: Some(vt.issuer.clone()),
+                    subject: Some(vt.subject.clone()),
+                    token_id: Some(token_id.clone()),
+                    claims: claims_json,
+                    expires_at: i64::try_from(vt.expires_at).ok(),
+                },
+            )))
+            .await?;
+        self.enrollments.bind(
+            Enrollment {
+                cgroup_path: path.clone(),
+                cgroup_id,
+                identity: policy::Identity {
+                    issuer: vt.issuer.clone(),
+                    subject: vt.subject.clone(),
+                    claims: vt.claims.clone(),
+                },
+                token_id: Some(token_id.clone()),
+                expires_at: vt.expires_at,
+                enrolled_at: at,
+            },
+            token_id.clone(),
+        );
+        info!(cgroup = %path, ?pid, issuer = %vt.issuer, subject = %vt.subject, "enrolled");
+        let named: std::collections::BTreeMap<&str, &String> = vt
+            .shape
+            .named_fields()
+            .iter()
+            .filter_map(|k| vt.claims.get(*k).map(|v| (*k, v)))
+            .collect();
+        Ok(serde_json::json!({
+            "cgroup": path,
+            "issuer": vt.issuer,
+            "subject": vt.subject,
+            "shape": vt.shape.as_str(),
+            "token_id": token_id,
+            "expires_at": vt.expires_at,
+            "claims": named,
+        }))
     }
 
-    /// Ends an enrollment: the caller's own cgroup, or (admins) any cgroup.
-    pub async fn revoke_enrollment(
+    /// The workload ends its own enrollment (the cgroup of the process that
+    /// connected). Its identity ends at once; the binding stays until its
+    /// token expires, so the cgroup cannot then enroll as another identity.
+    pub async fn revoke_own_enrollment(
         &self,
-        cgroup: Option<&str>,
-        peer: control::server::Peer,
+        peer: Peer,
+        proc: &PeerProcess,
     ) -> Result<serde_json::Value> {
-        let path = match cgroup {
-            Some(c) => self.cgroup.normalise(c)?,
-            None => {
-                let pid = peer
-                    .pid
-                    .context("cannot tell which process is revoking (no peer pid)")?;
-                self.cgroup.of_pid(pid)?
-            }
-        };
+        let path = proc
+            .cgroup(&self.cgroup)
+            .map_err(|e| anyhow::anyhow!("refused: {e}"))?;
+        let _serial = self.enroll_lock.lock().await;
         let removed = self.enrollments.revoke(&path);
+        let Some(e) = removed else {
+            bail!("cgroup {path} has no active enrollment");
+        };
         self.recorder
             .commit(WriteOp::EnrollmentRevoked {
                 cgroup_path: path.clone(),
@@ -300,13 +452,32 @@ impl Shared {
                 status: "revoked",
             })
             .await?;
-        match removed {
-            Some(e) => {
-                info!(cgroup = %path, subject = %e.identity.subject, "enrollment revoked");
-                Ok(serde_json::json!({ "cgroup": path, "revoked": true }))
-            }
-            None => bail!("cgroup {path} has no active enrollment"),
+        info!(cgroup = %path, subject = %e.identity.subject, "enrollment revoked by the workload");
+        Ok(serde_json::json!({ "cgroup": path, "revoked": true, "released": false }))
+    }
+
+    /// An administrator ends a cgroup's enrollment and its binding: the
+    /// cgroup may be enrolled afresh, as any identity.
+    pub async fn release_enrollment(
+        &self,
+        cgroup: &str,
+        caller: &OutsideCaller,
+    ) -> Result<serde_json::Value> {
+        let path = self.cgroup.normalise(cgroup)?;
+        let _serial = self.enroll_lock.lock().await;
+        if !self.enrollments.release(&path) {
+            bail!("cgroup {path} has no enrollment");
         }
+        self.recorder
+            .commit(WriteOp::EnrollmentRevoked {
+                cgroup_path: path.clone(),
+                at: record::now_rfc3339(),
+                by_uid: caller.peer().uid,
+                status: "released",
+            })
+            .await?;
+        info!(cgroup = %path, by_uid = caller.peer().uid, "enrollment released by an administrator");
+        Ok(serde_json::json!({ "cgroup": path, "revoked": true, "released": true }))
     }
 
     /// `status --pid`: where a process lives and whether it is intercepted.
@@ -661,37 +832,15 @@ pub async fn run(config: Config) -> Result<()> {
         });
         Some(
             Verifier::new(config.identity.issuers.clone(), Some(fetcher))
-                .map_err(|e| anyhow::anyhow!("[[identity.issuer]]: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("[[identity.issuer]]: {e}"))?
+                .with_max_token_age(Some(config.identity.max_token_age.as_secs())),
         )
     };
     let enrollments = Enrollments::default();
     {
         let conn = store::open_ro(&config.database)?;
-        let now = now_unix();
-        for row in store::list_enrollments(&conn, true, u32::MAX)? {
-            let Some(exp) = row.expires_at.and_then(|e| u64::try_from(e).ok()) else {
-                continue;
-            };
-            if exp <= now {
-                continue;
-            }
-            let claims: std::collections::BTreeMap<String, String> = row
-                .claims
-                .and_then(|c| serde_json::from_value(c).ok())
-                .unwrap_or_default();
-            enrollments.bind(Enrollment {
-                cgroup_path: row.cgroup_path,
-                cgroup_id: row.cgroup_id as u64,
-                identity: policy::Identity {
-                    issuer: row.issuer.unwrap_or_default(),
-                    subject: row.subject.unwrap_or_default(),
-                    claims,
-                },
-                token_id: row.token_id,
-                expires_at: exp,
-                enrolled_at: row.at,
-            });
-        }
+        let rows = store::list_enrollments(&conn, false, u32::MAX)?;
+        enrollments.restore(&rows, now_unix());
     }
     let own_cgroup = cgroup.of_pid(std::process::id()).ok();
     let shared = Arc::new(Shared {
@@ -711,6 +860,8 @@ pub async fn run(config: Config) -> Result<()> {
         upstream_tls,
         enrollments,
         verifier,
+        enroll_lock: tokio::sync::Mutex::new(()),
+        rejects: RejectLimiter::default(),
         config: config.clone(),
     });
 

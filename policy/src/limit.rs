@@ -40,10 +40,13 @@ impl LimitRule {
         self.matcher.is_some()
     }
     /// Whether the limit applies to connections of `workload` to `target`.
+    /// Its `identity.*` keys count as matching a workload without a
+    /// verified identity (a limit is restrictive: losing an identity never
+    /// lifts it).
     pub fn applies(&self, workload: &Workload, target: &Target) -> bool {
         self.matcher
             .as_ref()
-            .is_none_or(|m| m.context_matches(workload, target))
+            .is_none_or(|m| m.restricts(workload, target))
     }
 }
 

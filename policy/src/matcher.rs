@@ -71,6 +71,24 @@ pub(crate) struct Matcher {
     pub http: Option<HttpMatcher>,
 }
 
+/// How a `match` table relates to a workload, target and operation.
+///
+/// Identity keys are three-valued: a workload without a verified identity
+/// (never enrolled, revoked, expired) cannot be shown to match them, nor
+/// shown not to. [`Applies::Unverified`] says "every other key matches, and
+/// the identity keys could not be checked"; the caller decides what that
+/// means (restrictive rules, masks and limits apply; allow rules do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applies {
+    /// Some key does not match.
+    No,
+    /// Every key matches (identity keys, if any, against a verified identity).
+    Yes,
+    /// Every non-identity key matches; the table has `identity.*` keys and
+    /// the workload has no verified identity.
+    Unverified,
+}
+
 fn opt_glob(list: &Option<GlobList>, value: Option<&str>) -> bool {
     match list {
         None => true,
@@ -196,8 +214,9 @@ impl Matcher {
     }
 
     /// Workload, identity, target and protocol keys only.
-    pub(crate) fn context_matches(&self, w: &Workload, t: &Target) -> bool {
-        self.protocol
+    pub(crate) fn context_match(&self, w: &Workload, t: &Target) -> Applies {
+        let rest = self
+            .protocol
             .as_ref()
             .is_none_or(|ps| ps.contains(&t.protocol))
             && self
@@ -222,18 +241,46 @@ impl Matcher {
                 t.host
                     .as_deref()
                     .is_some_and(|h| hosts.any(&normalize_host(h)))
-            })
-            && (self.identity.is_empty()
-                || w.identity.as_ref().is_some_and(|id| {
-                    self.identity
-                        .iter()
-                        .all(|(claim, globs)| id.claims.get(claim).is_some_and(|v| globs.any(v)))
-                }))
+            });
+        if !rest {
+            return Applies::No;
+        }
+        if self.identity.is_empty() {
+            return Applies::Yes;
+        }
+        match &w.identity {
+            None => Applies::Unverified,
+            // A claim the verified token does not carry is a verified
+            // absence: it does not match.
+            Some(id) => {
+                if self
+                    .identity
+                    .iter()
+                    .all(|(claim, globs)| id.claims.get(claim).is_some_and(|v| globs.any(v)))
+                {
+                    Applies::Yes
+                } else {
+                    Applies::No
+                }
+            }
+        }
     }
 
-    /// Whether every key matches.
-    pub(crate) fn matches(&self, w: &Workload, t: &Target, op: &Operation<'_>) -> bool {
-        self.op_matches(op) && self.context_matches(w, t)
+    /// Whether a restrictive table (a `[[mask]]` or `[[limit]]` match)
+    /// applies: its identity keys count as matching a workload without a
+    /// verified identity, so revoking or letting an identity expire never
+    /// lifts a mask or a limit.
+    pub(crate) fn restricts(&self, w: &Workload, t: &Target) -> bool {
+        self.context_match(w, t) != Applies::No
+    }
+
+    /// Every key, the operation's included.
+    pub(crate) fn applies(&self, w: &Workload, t: &Target, op: &Operation<'_>) -> Applies {
+        if self.op_matches(op) {
+            self.context_match(w, t)
+        } else {
+            Applies::No
+        }
     }
 
     /// Whether the matcher uses sql.*, ssh.* or http.* keys.
@@ -241,8 +288,10 @@ impl Matcher {
         self.sql.is_some() || self.ssh.is_some() || self.http.is_some()
     }
 
-    /// `key=value` for every key, with the value that matched. Only
-    /// meaningful when [`matches`](Self::matches) is true.
+    /// `key=value` for every key, with the value that matched
+    /// (`identity.KEY=<unverified>` for identity keys of a workload without
+    /// a verified identity). Only meaningful when [`applies`](Self::applies)
+    /// is not [`Applies::No`].
     pub(crate) fn explain(&self, w: &Workload, t: &Target, op: &Operation<'_>) -> String {
         let mut parts: Vec<String> = Vec::new();
         if self.protocol.is_some() {
@@ -263,10 +312,17 @@ impl Matcher {
         if let (Some(_), Some(uid)) = (&self.uid, w.uid) {
             parts.push(format!("uid={uid}"));
         }
-        if let Some(id) = &w.identity {
-            for (claim, _) in &self.identity {
-                if let Some(v) = id.claims.get(claim) {
-                    parts.push(format!("identity.{claim}={v}"));
+        match &w.identity {
+            Some(id) => {
+                for (claim, _) in &self.identity {
+                    if let Some(v) = id.claims.get(claim) {
+                        parts.push(format!("identity.{claim}={v}"));
+                    }
+                }
+            }
+            None => {
+                for (claim, _) in &self.identity {
+                    parts.push(format!("identity.{claim}=<unverified>"));
                 }
             }
         }

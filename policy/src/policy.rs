@@ -5,7 +5,7 @@ use crate::config::RawFile;
 use crate::error::PolicyError;
 use crate::limit::{LimitRule, ResultLimit};
 use crate::mask::Masker;
-use crate::matcher::Matcher;
+use crate::matcher::{Applies, Matcher};
 use crate::model::{
     Decision, Defaults, EgressAllow, InterceptRule, Operation, Target, Verdict, Workload,
 };
@@ -158,6 +158,17 @@ impl Policy {
     /// For [`Operation::SqlUnparsed`] rules with `sql.*` keys cannot match,
     /// and step 3/4 become: the stricter of `defaults.unparsed` and the
     /// strictest matching rule.
+    ///
+    /// A workload without a verified identity can neither be shown to match
+    /// `identity.*` keys nor shown not to. Such a rule (every other key
+    /// matching) is then taken as matching when it is a `deny` or `review`
+    /// rule and as not matching when it is an `allow` rule, and the verdict
+    /// is the strictest any identity could get: a final rule decided this way
+    /// does not pre-empt the rules after it (the strictest of it and the
+    /// first certainly matching final rule decides), and when no rule
+    /// matches for certain `defaults.decision` still counts. So losing an
+    /// identity (never enrolling, revoking, letting it expire) never makes a
+    /// verdict less strict than it is for any enrolled identity.
     pub fn decide(&self, workload: &Workload, target: &Target, op: &Operation<'_>) -> Decision {
         let inner = &*self.inner;
         let verified = workload.identity.is_some();
@@ -170,12 +181,22 @@ impl Policy {
             };
         }
 
+        // The first final rule that matches for certain.
         let mut first_final: Option<&Rule> = None;
-        let mut strictest: Option<&Rule> = None;
+        // The strictest final rule before it that matches only because the
+        // identity is unverified.
+        let mut unverified_final: Option<&Rule> = None;
+        // The strictest matching rule, and whether it matched unverified.
+        let mut strictest: Option<(&Rule, Applies)> = None;
         let mut matched = 0usize;
+        let mut certain = 0usize;
         for rule in &inner.rules {
-            if !rule.matcher.matches(workload, target, op) {
-                continue;
+            let applies = rule.matcher.applies(workload, target, op);
+            match applies {
+                Applies::No => continue,
+                // An allow rule never matches an identity it cannot check.
+                Applies::Unverified if rule.decision == Verdict::Allow => continue,
+                Applies::Yes | Applies::Unverified => {}
             }
             if rule.require_identity && !verified {
                 return Decision {
@@ -190,22 +211,49 @@ impl Policy {
                 };
             }
             matched += 1;
-            if rule.is_final && first_final.is_none() {
-                first_final = Some(rule);
+            if applies == Applies::Yes {
+                certain += 1;
             }
-            if strictest.is_none_or(|s| rule.decision > s.decision) {
-                strictest = Some(rule);
+            if rule.is_final && first_final.is_none() {
+                match applies {
+                    Applies::Yes => first_final = Some(rule),
+                    _ => {
+                        if unverified_final.is_none_or(|u| rule.decision > u.decision) {
+                            unverified_final = Some(rule);
+                        }
+                    }
+                }
+            }
+            if strictest.is_none_or(|(s, _)| rule.decision > s.decision) {
+                strictest = Some((rule, applies));
             }
         }
 
+        let explain = |rule: &Rule, applies: Applies| {
+            let keys = rule.matcher.explain(workload, target, op);
+            match applies {
+                Applies::Unverified => format!(
+                    "rule {:?} matched ({keys}; a {} rule's identity.* keys match a workload without a verified identity)",
+                    rule.name, rule.decision
+                ),
+                _ => format!("rule {:?} matched ({keys})", rule.name),
+            }
+        };
+
         if let Some(rule) = first_final {
+            if let Some(u) = unverified_final.filter(|u| u.decision > rule.decision) {
+                return rule_decision(
+                    u,
+                    format!(
+                        "{} and is final, before final rule {:?}, which matched",
+                        explain(u, Applies::Unverified),
+                        rule.name
+                    ),
+                );
+            }
             return rule_decision(
                 rule,
-                format!(
-                    "rule {:?} matched ({}) and is final",
-                    rule.name,
-                    rule.matcher.explain(workload, target, op)
-                ),
+                format!("{} and is final", explain(rule, Applies::Yes)),
             );
         }
 
@@ -217,12 +265,11 @@ impl Policy {
         if let Operation::SqlUnparsed { error, .. } = op {
             let unparsed = inner.defaults.unparsed;
             return match strictest {
-                Some(rule) if rule.decision >= unparsed => rule_decision(
+                Some((rule, applies)) if rule.decision >= unparsed => rule_decision(
                     rule,
                     format!(
-                        "SQL could not be classified ({error}); rule {:?} matched ({}){}",
-                        rule.name,
-                        rule.matcher.explain(workload, target, op),
+                        "SQL could not be classified ({error}); {}{}",
+                        explain(rule, applies),
                         others(matched)
                     ),
                 ),
@@ -238,14 +285,22 @@ impl Policy {
         }
 
         match strictest {
-            Some(rule) => rule_decision(
+            // Only rules matched for want of an identity: an identity
+            // matching none of them would get the default.
+            Some((rule, _)) if certain == 0 && inner.defaults.decision > rule.decision => {
+                Decision {
+                    verdict: inner.defaults.decision,
+                    rule: None,
+                    message: None,
+                    reason: format!(
+                        "no rule matched for certain; defaults.decision = {} (stricter than rule {:?}, which matched only because the workload has no verified identity)",
+                        inner.defaults.decision, rule.name
+                    ),
+                }
+            }
+            Some((rule, applies)) => rule_decision(
                 rule,
-                format!(
-                    "rule {:?} matched ({}){}",
-                    rule.name,
-                    rule.matcher.explain(workload, target, op),
-                    others(matched)
-                ),
+                format!("{}{}", explain(rule, applies), others(matched)),
             ),
             None => Decision {
                 verdict: inner.defaults.decision,

@@ -850,10 +850,25 @@ fn identity_matchers() {
             *want,
             "match {{ {m} }}"
         );
-        // An identity matcher never matches an unverified workload.
+        // A deny rule's identity keys match a workload without a verified
+        // identity (losing one never lifts a restriction)...
         assert!(
-            !denies(&p, &workload(), &t, &Operation::Connect),
+            denies(&p, &workload(), &t, &Operation::Connect),
             "unverified: {m}"
+        );
+        // ...an allow rule's never do.
+        let allow = parse(&format!(
+            "[defaults]\ndecision = \"deny\"\n\n[[rule]]\nname = \"r\"\ndecision = \"allow\"\nmatch = {{ {m} }}\n"
+        ));
+        assert_eq!(
+            allow.decide(&workload(), &t, &Operation::Connect).rule,
+            None,
+            "unverified allow: {m}"
+        );
+        assert_eq!(
+            allow.decide(&w, &t, &Operation::Connect).rule.is_some(),
+            *want,
+            "verified allow: {m}"
         );
     }
 }
@@ -1230,7 +1245,8 @@ match = { protocol = "mysql" }
 #[test]
 fn precedence() {
     let p = parse(PRECEDENCE);
-    let w = workload();
+    // Enrolled, in a repository no identity rule names.
+    let w = enrolled(&[("repository", "other/app")]);
     let t = pg();
     // Only one rule matches.
     let d = decide_sql(&p, &w, &t, "SELECT 1");
@@ -1293,6 +1309,17 @@ fn precedence() {
     assert_eq!((d.verdict, d.rule), (Verdict::Review, None));
     let d = p.decide(&w, &target(Protocol::Mysql), &Operation::Connect);
     assert_eq!(d.rule.as_deref(), Some("deny-mysql"));
+    // Without a verified identity, "later-final" (a deny rule for acme/*)
+    // may apply: it takes part as the strictest, though not as final.
+    let d = decide_sql(&p, &workload(), &t, "SELECT 1");
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("later-final"))
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"later-final\" matched (identity.repository=<unverified>; a deny rule's identity.* keys match a workload without a verified identity); strictest of 2 matching rules"
+    );
 }
 
 #[test]
@@ -1566,7 +1593,7 @@ fn limits_select_the_tightest_bounds() {
     assert_eq!(p.limits()[0].line(), 2);
     assert!(!p.limits()[0].is_conditional());
     assert!(p.limits()[1].is_conditional());
-    let w = workload();
+    let w = enrolled(&[("repository", "acme/app")]);
     let lim = |w: &Workload, t: &Target| p.result_limit(w, t);
     let rl = |rows: Option<(u64, &str)>, bytes: Option<(u64, &str)>| ResultLimit {
         rows: rows.map(|r| r.0),
@@ -1600,6 +1627,14 @@ fn limits_select_the_tightest_bounds() {
     assert_eq!(
         lim(&c, &prod),
         Some(rl(Some((100, "contractors")), Some((10000, "prod-bytes"))))
+    );
+    // Without a verified identity the identity-scoped limits apply too.
+    assert_eq!(
+        lim(&workload(), &pg()),
+        Some(rl(
+            Some((100, "contractors")),
+            Some((1000000, "contractors"))
+        ))
     );
     // No limit at all.
     assert_eq!(parse("").result_limit(&w, &pg()), None);
@@ -1905,4 +1940,379 @@ fn sql_columns_matcher() {
         "SELECT * FROM users",
     );
     assert!(d.reason.contains("sql.columns=*"), "{}", d.reason);
+}
+
+// ------------------------------------------- identity keys, no verified identity
+
+/// Policies whose rules mix identity keys, `final`, `require_identity` and
+/// defaults, each with the operations to judge.
+const UNVERIFIED: &[(&str, &str)] = &[
+    (
+        "plain-deny",
+        r#"
+[[rule]]
+name = "contractors-no-drop"
+decision = "deny"
+match = { identity.repository = "contractors/*", sql.statement = "drop" }
+"#,
+    ),
+    (
+        "allow-final-for-release",
+        r#"
+[[rule]]
+name = "release-anything"
+decision = "allow"
+final = true
+match = { identity.repository = "acme/deploy" }
+
+[[rule]]
+name = "no-drop"
+decision = "deny"
+match = { sql.statement = "drop" }
+"#,
+    ),
+    (
+        "review-final-before-deny",
+        r#"
+[[rule]]
+name = "dba-drops-reviewed"
+decision = "review"
+final = true
+match = { identity.repository = "acme/dba", sql.statement = "drop" }
+
+[[rule]]
+name = "no-drop"
+decision = "deny"
+final = true
+match = { sql.statement = "drop" }
+"#,
+    ),
+    (
+        "deny-final-after-allow-final",
+        r#"
+[[rule]]
+name = "selects-final"
+decision = "allow"
+final = true
+match = { sql.statement = "select" }
+
+[[rule]]
+name = "contractors-final"
+decision = "deny"
+final = true
+match = { identity.repository = "contractors/*" }
+"#,
+    ),
+    (
+        "deny-final-before-allow-final",
+        r#"
+[[rule]]
+name = "contractors-final"
+decision = "deny"
+final = true
+match = { identity.repository = "contractors/*" }
+
+[[rule]]
+name = "selects-final"
+decision = "allow"
+final = true
+match = { sql.statement = "select" }
+"#,
+    ),
+    (
+        "default-deny-review-for-identity",
+        r#"
+[defaults]
+decision = "deny"
+
+[[rule]]
+name = "contractors-review"
+decision = "review"
+match = { identity.repository = "contractors/*" }
+
+[[rule]]
+name = "acme-allowed"
+decision = "allow"
+match = { identity.repository = "acme/*" }
+"#,
+    ),
+    (
+        "require-identity-on-identity-rule",
+        r#"
+[[rule]]
+name = "acme-writes"
+decision = "review"
+require_identity = true
+match = { identity.repository = "acme/*", sql.statement = "insert" }
+"#,
+    ),
+    (
+        "unparsed-floor",
+        r#"
+[defaults]
+unparsed = "review"
+
+[[rule]]
+name = "contractors-deny"
+decision = "deny"
+match = { identity.repository = "contractors/*" }
+"#,
+    ),
+];
+
+const UNVERIFIED_SQL: &[&str] = &[
+    "SELECT 1",
+    "DROP TABLE t",
+    "INSERT INTO t VALUES (1)",
+    "DELETE FROM t",
+];
+
+fn identities() -> Vec<Workload> {
+    [
+        "contractors/site",
+        "acme/deploy",
+        "acme/dba",
+        "acme/app",
+        "other/x",
+    ]
+    .iter()
+    .map(|r| enrolled(&[("repository", r)]))
+    .chain(std::iter::once(enrolled(&[(
+        "actor",
+        "no-repository-claim",
+    )])))
+    .collect()
+}
+
+/// The property the semantics exist for: whatever identity a workload could
+/// enroll, having none is never less strict, for every operation, and masks
+/// and limits never loosen either.
+#[test]
+fn no_identity_is_never_less_strict_than_any_identity() {
+    let t = pg();
+    let unverified = workload();
+    for (name, text) in UNVERIFIED {
+        let p = parse(text);
+        let mut ops: Vec<(String, Decision)> = UNVERIFIED_SQL
+            .iter()
+            .map(|q| (q.to_string(), decide_sql(&p, &unverified, &t, q)))
+            .collect();
+        ops.push((
+            "connect".into(),
+            p.decide(&unverified, &t, &Operation::Connect),
+        ));
+        ops.push((
+            "unparsed".into(),
+            p.decide(
+                &unverified,
+                &t,
+                &Operation::SqlUnparsed {
+                    text: "FROB",
+                    error: "x",
+                },
+            ),
+        ));
+        for id in identities() {
+            for (i, q) in UNVERIFIED_SQL.iter().enumerate() {
+                let d = decide_sql(&p, &id, &t, q);
+                assert!(
+                    ops[i].1.verdict >= d.verdict,
+                    "{name}: {q}: unverified {:?} is less strict than {:?} for {:?} ({})",
+                    ops[i].1,
+                    d,
+                    id.identity,
+                    ops[i].1.reason
+                );
+            }
+            let d = p.decide(&id, &t, &Operation::Connect);
+            assert!(
+                ops[UNVERIFIED_SQL.len()].1.verdict >= d.verdict,
+                "{name}: connect"
+            );
+            let d = p.decide(
+                &id,
+                &t,
+                &Operation::SqlUnparsed {
+                    text: "FROB",
+                    error: "x",
+                },
+            );
+            assert!(
+                ops[UNVERIFIED_SQL.len() + 1].1.verdict >= d.verdict,
+                "{name}: unparsed"
+            );
+        }
+    }
+}
+
+#[test]
+fn rules_with_identity_keys_without_a_verified_identity() {
+    let t = pg();
+    let w = workload();
+    // (policy, statement, verdict, deciding rule)
+    let cases: &[(&str, &str, Verdict, Option<&str>)] = &[
+        // A deny rule for an identity applies to the unidentified.
+        (
+            "plain-deny",
+            "DROP TABLE t",
+            Verdict::Deny,
+            Some("contractors-no-drop"),
+        ),
+        ("plain-deny", "SELECT 1", Verdict::Allow, None),
+        // An allow-final rule for an identity does not.
+        (
+            "allow-final-for-release",
+            "DROP TABLE t",
+            Verdict::Deny,
+            Some("no-drop"),
+        ),
+        // A review-final rule for an identity cannot pre-empt a stricter
+        // final rule after it.
+        (
+            "review-final-before-deny",
+            "DROP TABLE t",
+            Verdict::Deny,
+            Some("no-drop"),
+        ),
+        ("review-final-before-deny", "SELECT 1", Verdict::Allow, None),
+        // A certainly matching final rule before it still decides...
+        (
+            "deny-final-after-allow-final",
+            "SELECT 1",
+            Verdict::Allow,
+            Some("selects-final"),
+        ),
+        (
+            "deny-final-after-allow-final",
+            "DELETE FROM t",
+            Verdict::Deny,
+            Some("contractors-final"),
+        ),
+        // ...but one after it does not pre-empt it.
+        (
+            "deny-final-before-allow-final",
+            "SELECT 1",
+            Verdict::Deny,
+            Some("contractors-final"),
+        ),
+        // Only identity rules matched: the default still counts.
+        (
+            "default-deny-review-for-identity",
+            "SELECT 1",
+            Verdict::Deny,
+            None,
+        ),
+        // require_identity on a rule that applies for want of an identity.
+        (
+            "require-identity-on-identity-rule",
+            "INSERT INTO t VALUES (1)",
+            Verdict::Deny,
+            Some("acme-writes"),
+        ),
+        (
+            "require-identity-on-identity-rule",
+            "SELECT 1",
+            Verdict::Allow,
+            None,
+        ),
+    ];
+    let policies: BTreeMap<&str, Policy> = UNVERIFIED.iter().map(|(n, t)| (*n, parse(t))).collect();
+    for (name, q, verdict, rule) in cases {
+        let d = decide_sql(&policies[name], &w, &t, q);
+        assert_eq!(
+            (d.verdict, d.rule.as_deref()),
+            (*verdict, *rule),
+            "{name}: {q}: {}",
+            d.reason
+        );
+    }
+    // Reasons say why.
+    let d = decide_sql(
+        &policies["review-final-before-deny"],
+        &w,
+        &t,
+        "DROP TABLE t",
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"no-drop\" matched (sql.statement=drop) and is final"
+    );
+    let d = decide_sql(
+        &policies["deny-final-before-allow-final"],
+        &w,
+        &t,
+        "SELECT 1",
+    );
+    assert_eq!(
+        d.reason,
+        "rule \"contractors-final\" matched (identity.repository=<unverified>; a deny rule's identity.* keys match a workload without a verified identity) and is final, before final rule \"selects-final\", which matched"
+    );
+    let d = decide_sql(
+        &policies["default-deny-review-for-identity"],
+        &w,
+        &t,
+        "SELECT 1",
+    );
+    assert_eq!(
+        d.reason,
+        "no rule matched for certain; defaults.decision = deny (stricter than rule \"contractors-review\", which matched only because the workload has no verified identity)"
+    );
+    let d = decide_sql(
+        &policies["require-identity-on-identity-rule"],
+        &w,
+        &t,
+        "INSERT INTO t VALUES (1)",
+    );
+    assert!(d.reason.starts_with("identity enrollment required: rule \"acme-writes\" matched (identity.repository=<unverified>, sql.statement=insert)"), "{}", d.reason);
+    // Unparsed SQL: the stricter of the rule and defaults.unparsed.
+    let d = policies["unparsed-floor"].decide(
+        &w,
+        &t,
+        &Operation::SqlUnparsed {
+            text: "FROB",
+            error: "x",
+        },
+    );
+    assert_eq!(
+        (d.verdict, d.rule.as_deref()),
+        (Verdict::Deny, Some("contractors-deny"))
+    );
+    // With a verified identity nothing changes: a claim the token lacks is
+    // a verified absence and does not match.
+    let no_repo = enrolled(&[("actor", "octocat")]);
+    let d = decide_sql(&policies["plain-deny"], &no_repo, &t, "DROP TABLE t");
+    assert_eq!((d.verdict, d.rule), (Verdict::Allow, None));
+    let d = decide_sql(
+        &policies["deny-final-before-allow-final"],
+        &no_repo,
+        &t,
+        "SELECT 1",
+    );
+    assert_eq!(d.rule.as_deref(), Some("selects-final"));
+}
+
+#[test]
+fn masks_with_identity_keys_apply_without_a_verified_identity() {
+    let p = parse(EXAMPLE);
+    let t = pg();
+    let unverified = p.masker().for_context(&workload(), &t);
+    assert!(
+        unverified.column_masked("email"),
+        "the contractors' mask applies"
+    );
+    assert!(unverified.column_masked("password_hash"));
+    let acme = p
+        .masker()
+        .for_context(&enrolled(&[("repository", "acme/app")]), &t);
+    assert!(!acme.column_masked("email"));
+    // A mask whose other keys do not match still does not apply.
+    let p = parse(
+        "[[mask]]\ncolumns = [\"email\"]\nmatch = { identity.repository = \"c/*\", protocol = \"mysql\" }\n",
+    );
+    assert!(p.masker().for_context(&workload(), &t).is_empty());
+    assert!(
+        p.masker()
+            .for_context(&workload(), &target(Protocol::Mysql))
+            .column_masked("email")
+    );
 }

@@ -128,7 +128,8 @@ match = {{ sql.statement = ["update", "delete"], sql.has_where = false }}
     let d = Daemon::start_with(
         &policy,
         &format!(
-            "[approvals]\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\nwebhook = \"http://127.0.0.1:{webhook_port}/hook\"\n",
+            // psql runs as root here, like the approver: allow_same_uid.
+            "[approvals]\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\nwebhook = \"http://127.0.0.1:{webhook_port}/hook\"\nallow_same_uid = true\n",
             hook_file.display()
         ),
     );
@@ -277,7 +278,8 @@ fn approval_scoped_to_a_statement_shape() {
          [[rule]]\nname = \"inserts-need-approval\"\ndecision = \"review\"\nmatch = {{ sql.statement = [\"insert\"] }}\n",
         pg.port
     );
-    let d = Daemon::start(&policy);
+    // psql runs as root here, like the approver: allow_same_uid.
+    let d = Daemon::start_with(&policy, "[approvals]\nallow_same_uid = true\n");
     let cg = TestCgroup::new();
     d.attach(&cg);
     let mut seen = Vec::new();

@@ -213,7 +213,18 @@ match = {{ target.port = {pg} }}
     let rows: Vec<serde_json::Value> = serde_json::from_str(&filtered).unwrap();
     assert!(!rows.is_empty() && rows.iter().all(|r| r["repository"] == "acme/api"));
 
-    // The identity-scoped rule applies to acme's cgroup, not to the other one.
+    // The identity-scoped rule applies to acme's cgroup, not to a cgroup
+    // enrolled as another repository...
+    let beta = TestCgroup::new();
+    d.attach(&beta);
+    let beta_token = sign(&github_claims(
+        "beta/web",
+        "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0",
+        "interceptor",
+        now() + 600,
+    ));
+    let out = enroll(&d, Some(&beta), &beta_token);
+    assert!(out.status.success(), "enroll beta: {}", text(&out));
     let url = format!("http://127.0.0.1:{}/hello.txt", http.port);
     let out = curl(Some(&acme), &url);
     assert!(
@@ -221,10 +232,18 @@ match = {{ target.port = {pg} }}
         "{}",
         text(&out)
     );
-    let out = curl(Some(&other), &url);
+    let out = curl(Some(&beta), &url);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "secret report\n",
+        "{}",
+        text(&out)
+    );
+    // ...while an unenrolled one gets it too: a deny rule's identity keys
+    // match a workload without a verified identity.
+    let out = curl(Some(&other), &url);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("secret report"),
         "{}",
         text(&out)
     );

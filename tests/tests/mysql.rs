@@ -392,7 +392,12 @@ name = "deletes-need-review"
 match = { protocol = "mysql", sql.statement = ["delete"] }
 decision = "review"
 "#;
-    let d = Daemon::start(&policy(db.port, extra));
+    // The client runs as root, like the approver (`interceptor` as root):
+    // allow approving one's own uid's commands here.
+    let d = Daemon::start_with(
+        &policy(db.port, extra),
+        "[approvals]\nallow_same_uid = true\n",
+    );
     let cg = TestCgroup::new();
     d.attach(&cg);
 

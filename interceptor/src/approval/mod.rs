@@ -5,8 +5,10 @@
 //! The request (with the workload identity, target, masked operation text
 //! and rule) is stored in SQLite before anyone is notified; the outcome —
 //! who, when, why — is stored with it and shows in `sessions show`.
-//! Pending requests are bounded per session and globally: beyond the bounds
-//! new ones are denied at once, so a flood of reviews cannot exhaust memory.
+//! Pending requests are bounded per session, per job (the attached cgroup
+//! the workload runs in) and globally: beyond the bounds new ones are denied
+//! at once, so a flood of reviews cannot exhaust memory, and one job cannot
+//! take the whole global budget and starve the others.
 
 pub mod notify;
 
@@ -20,6 +22,9 @@ use tokio::sync::{broadcast, oneshot};
 
 /// Most pending requests one session may have.
 pub const MAX_PENDING_PER_SESSION: usize = 8;
+/// Most pending requests one job (attached cgroup) may have, over all its
+/// sessions.
+pub const MAX_PENDING_PER_CGROUP: usize = 16;
 /// Most pending requests overall.
 pub const MAX_PENDING: usize = 1024;
 
@@ -64,12 +69,26 @@ pub struct ApprovalRequest {
 pub enum HoldError {
     #[error("too many pending approval requests in this session (limit {0}); denied")]
     SessionLimit(usize),
+    #[error("too many pending approval requests from this cgroup (limit {0}); denied")]
+    CgroupLimit(usize),
     #[error("too many pending approval requests on this host (limit {0}); denied")]
     GlobalLimit(usize),
 }
 
+/// Who a held request is for: the job it counts against and the uid of the
+/// process whose command is held (approvers with that uid are refused
+/// unless `[approvals] allow_same_uid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The attached cgroup the workload runs in (its own cgroup when none
+    /// covers it): the unit of the per-cgroup bound.
+    pub cgroup: String,
+    pub uid: Option<u32>,
+}
+
 struct Pending {
     session_id: i64,
+    owner: Owner,
     tx: oneshot::Sender<Resolution>,
 }
 
@@ -152,8 +171,9 @@ impl Approvals {
         }
     }
 
-    /// Registers a pending request (bounded).
-    pub fn hold(&self, session_id: i64) -> Result<Hold<'_>, HoldError> {
+    /// Registers a pending request (bounded per session, per owner cgroup
+    /// and globally).
+    pub fn hold(&self, session_id: i64, owner: Owner) -> Result<Hold<'_>, HoldError> {
         let mut p = self
             .pending
             .lock()
@@ -164,9 +184,23 @@ impl Approvals {
         if p.values().filter(|x| x.session_id == session_id).count() >= MAX_PENDING_PER_SESSION {
             return Err(HoldError::SessionLimit(MAX_PENDING_PER_SESSION));
         }
+        if p.values()
+            .filter(|x| x.owner.cgroup == owner.cgroup)
+            .count()
+            >= MAX_PENDING_PER_CGROUP
+        {
+            return Err(HoldError::CgroupLimit(MAX_PENDING_PER_CGROUP));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        p.insert(id, Pending { session_id, tx });
+        p.insert(
+            id,
+            Pending {
+                session_id,
+                owner,
+                tx,
+            },
+        );
         Ok(Hold {
             id,
             rx: Some(rx),
@@ -182,6 +216,11 @@ impl Approvals {
             Some(w) => w.tx.send(r).is_ok(),
             None => false,
         }
+    }
+
+    /// Whom a pending request is for; None when nobody waits for it.
+    pub fn owner(&self, id: i64) -> Option<Owner> {
+        self.pending.lock().ok()?.get(&id).map(|p| p.owner.clone())
     }
 
     pub fn is_pending(&self, id: i64) -> bool {
@@ -209,6 +248,22 @@ impl Approvals {
 mod tests {
     use super::*;
 
+    fn owner(cgroup: &str) -> Owner {
+        Owner {
+            cgroup: cgroup.into(),
+            uid: Some(1000),
+        }
+    }
+
+    #[test]
+    fn owner_is_known_while_pending() {
+        let a = Approvals::new(1);
+        let h = a.hold(7, owner("/job")).unwrap();
+        assert_eq!(a.owner(h.id), Some(owner("/job")));
+        drop(h);
+        assert_eq!(a.owner(1), None);
+    }
+
     fn res(approved: bool) -> Resolution {
         Resolution {
             approved,
@@ -223,7 +278,7 @@ mod tests {
     #[tokio::test]
     async fn resolve_wakes_the_holder() {
         let a = Approvals::new(1);
-        let mut h = a.hold(7).unwrap();
+        let mut h = a.hold(7, owner("/job")).unwrap();
         assert_eq!(h.id, 1);
         assert!(a.is_pending(1));
         assert!(a.resolve(1, res(true)));
@@ -234,7 +289,7 @@ mod tests {
     #[tokio::test]
     async fn timeout_and_drop_withdraw() {
         let a = Approvals::new(1);
-        let mut h = a.hold(7).unwrap();
+        let mut h = a.hold(7, owner("/job")).unwrap();
         assert_eq!(h.wait(Duration::from_millis(10)).await, None);
         drop(h);
         assert!(!a.is_pending(1));
@@ -245,24 +300,41 @@ mod tests {
     fn bounded_per_session_and_globally() {
         let a = Approvals::new(1);
         let held: Vec<_> = (0..MAX_PENDING_PER_SESSION)
-            .map(|_| a.hold(1).unwrap())
+            .map(|_| a.hold(1, owner("/job-a")).unwrap())
             .collect();
         assert_eq!(
-            a.hold(1).err(),
+            a.hold(1, owner("/job-a")).err(),
             Some(HoldError::SessionLimit(MAX_PENDING_PER_SESSION))
         );
-        assert!(a.hold(2).is_ok());
+        assert!(a.hold(2, owner("/job-a")).is_ok());
         drop(held);
+        // One job over many sessions stops at its own bound; another job
+        // still gets its requests held.
+        let mut job = Vec::new();
+        let mut session = 10;
+        loop {
+            match a.hold(session, owner("/job-a")) {
+                Ok(h) => job.push(h),
+                Err(HoldError::SessionLimit(_)) => session += 1,
+                Err(e) => {
+                    assert_eq!(e, HoldError::CgroupLimit(MAX_PENDING_PER_CGROUP));
+                    break;
+                }
+            }
+        }
+        assert_eq!(job.len(), MAX_PENDING_PER_CGROUP);
+        assert!(a.hold(9_999, owner("/job-b")).is_ok());
+        drop(job);
         let mut many = Vec::new();
         let mut session = 100;
         while many.len() < MAX_PENDING {
-            match a.hold(session) {
+            match a.hold(session, owner(&format!("/job-{}", session / 2))) {
                 Ok(h) => many.push(h),
                 Err(_) => session += 1,
             }
         }
         assert_eq!(
-            a.hold(99_999).err(),
+            a.hold(99_999, owner("/job-fresh")).err(),
             Some(HoldError::GlobalLimit(MAX_PENDING))
         );
     }

@@ -23,7 +23,8 @@ pub struct EnrollArgs {
     /// `-`: read the token from stdin (passing it as an argument would expose it in `ps`).
     #[arg(long, value_name = "-")]
     token: Option<String>,
-    /// End the enrollment of this process's cgroup (or, as root, of --cgroup).
+    /// End the enrollment of this process's cgroup (its binding lives on until the token
+    /// expires), or, as root from outside attached cgroups, end --cgroup's enrollment and binding.
     #[arg(long, conflicts_with_all = ["token_file", "token_env", "token", "list"])]
     revoke: bool,
     /// With --revoke: the cgroup whose enrollment to end (administrators only).
@@ -73,10 +74,14 @@ pub fn run(a: &EnrollArgs, paths: &Paths) -> Result<ExitCode> {
         if a.json {
             println!("{data}");
         } else {
-            println!(
-                "revoked the enrollment of {}",
-                output::esc(data["cgroup"].as_str().unwrap_or("-"))
-            );
+            let cgroup = output::esc(data["cgroup"].as_str().unwrap_or("-"));
+            if data["released"].as_bool() == Some(false) {
+                println!(
+                    "revoked the enrollment of {cgroup} (its processes are unverified from now on; the cgroup stays bound to that identity until its token expires)"
+                );
+            } else {
+                println!("revoked the enrollment of {cgroup} and released its binding");
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }

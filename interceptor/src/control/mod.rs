@@ -1,12 +1,18 @@
 //! The control socket: a unix socket (default `/run/interceptor/control.sock`)
 //! speaking one JSON request per line and one JSON response per line.
 //!
-//! Who is asking is taken from the socket's peer credentials (SO_PEERCRED),
-//! never from the request. Administrative requests need uid 0 or membership
-//! of `daemon.control_group`; the socket file itself is 0600 (0660 with a
-//! control group), so other users cannot even connect.
+//! Who is asking is taken from the socket's peer credentials (SO_PEERCRED)
+//! and the peer's pidfd (SO_PEERPIDFD, see [`peer`]), never from the
+//! request. Administrative requests need uid 0 or membership of
+//! `daemon.control_group`; the socket file itself is 0600 (0660 with a
+//! control group), so other users cannot even connect. State-changing
+//! requests (approve/deny, attach, detach, policy reload, revoking another
+//! cgroup's enrollment) also need a caller established to be outside every
+//! attached cgroup: the workload, whatever its uid, cannot approve its own
+//! commands or change what intercepts it.
 
 pub mod client;
+pub mod peer;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -1,19 +1,79 @@
 //! Serving the control socket.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use super::peer::PeerProcess;
 use super::{Request, Response};
 use crate::daemon::Shared;
 use crate::record::store;
 
-/// Longest request line accepted.
+/// Longest request line accepted on the control socket.
 const MAX_REQUEST: usize = 1 << 20;
+
+/// The enroll socket is world-connectable, so everything about a connection
+/// is bounded: its request (a token is at most 32 KiB), how long the
+/// request may take to arrive and to be answered, how many connections are
+/// served at once, and how many of those one user may hold. Connections
+/// beyond the bounds are closed at once, without reading.
+const MAX_ENROLL_REQUEST: usize = 64 * 1024;
+/// Time for the request line to arrive.
+const ENROLL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for the whole exchange (verification may fetch a JWKS).
+const ENROLL_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections served at once on the enroll socket.
+pub const MAX_ENROLL_CONNECTIONS: usize = 64;
+/// Of which one uid may hold.
+pub const MAX_ENROLL_CONNECTIONS_PER_UID: usize = 8;
+
+/// Admission to the enroll socket: a global count and one per uid.
+#[derive(Default)]
+struct Admission {
+    counts: Mutex<(usize, HashMap<u32, usize>)>,
+}
+
+/// Holds one admitted connection's place; gives it back on drop.
+struct Admitted {
+    owner: Arc<Admission>,
+    uid: u32,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, uid: u32) -> Option<Admitted> {
+        let mut c = self.counts.lock().ok()?;
+        let mine = c.1.get(&uid).copied().unwrap_or(0);
+        if c.0 >= MAX_ENROLL_CONNECTIONS || mine >= MAX_ENROLL_CONNECTIONS_PER_UID {
+            return None;
+        }
+        c.0 += 1;
+        c.1.insert(uid, mine + 1);
+        Some(Admitted {
+            owner: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.owner.counts.lock() {
+            c.0 = c.0.saturating_sub(1);
+            if let Some(n) = c.1.get_mut(&self.uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.1.remove(&self.uid);
+                }
+            }
+        }
+    }
+}
 
 /// The caller, from SO_PEERCRED.
 #[derive(Debug, Clone, Copy)]
@@ -77,6 +137,8 @@ pub async fn serve(
     kind: Kind,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let admission = Arc::new(Admission::default());
+    let mut refused: u64 = 0;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -84,9 +146,47 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
+                let admitted = if kind == Kind::Enroll {
+                    let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                    match uid.and_then(|u| admission.admit(u)) {
+                        Some(a) => Some(a),
+                        None => {
+                            // Closed unread: a flood costs an accept and a close.
+                            refused += 1;
+                            if refused.is_power_of_two() {
+                                warn!(
+                                    refused,
+                                    ?uid,
+                                    "enroll socket: connection refused (too many at once)"
+                                );
+                            }
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, shared, kind).await {
+                    let _admitted = admitted;
+                    let r = match kind {
+                        Kind::Control => connection(stream, shared).await,
+                        Kind::Enroll => {
+                            match tokio::time::timeout(
+                                ENROLL_DEADLINE,
+                                enroll_connection(stream, shared),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => Err(std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    "enroll exchange took too long",
+                                )),
+                            }
+                        }
+                    };
+                    if let Err(e) = r {
                         debug!(error = %e, "control connection ended");
                     }
                 });
@@ -99,13 +199,52 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: UnixStream, shared: Arc<Shared>, kind: Kind) -> std::io::Result<()> {
+/// The peer's credentials and its pinned process.
+fn identify(stream: &UnixStream) -> std::io::Result<(Peer, PeerProcess)> {
     let cred = stream.peer_cred()?;
     let peer = Peer {
         uid: cred.uid(),
         gid: cred.gid(),
         pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
     };
+    let proc = PeerProcess::pin(stream, peer.pid);
+    Ok((peer, proc))
+}
+
+/// One enroll-socket exchange: one bounded request, one response.
+async fn enroll_connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (peer, proc) = identify(&stream)?;
+    let (r, mut w) = stream.into_split();
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(
+        ENROLL_READ_TIMEOUT,
+        BufReader::new(r)
+            .take(MAX_ENROLL_REQUEST as u64 + 1)
+            .read_until(b'\n', &mut line),
+    )
+    .await;
+    let resp = match read {
+        Err(_) => Response::err("request not received in time"),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(0)) => return Ok(()),
+        Ok(Ok(n)) if n > MAX_ENROLL_REQUEST => Response::err(format!(
+            "request too large (the enroll socket accepts {MAX_ENROLL_REQUEST} bytes)"
+        )),
+        Ok(Ok(_)) => match std::str::from_utf8(&line)
+            .map_err(|e| e.to_string())
+            .and_then(|l| serde_json::from_str::<Request>(l.trim_end()).map_err(|e| e.to_string()))
+        {
+            Ok(req) => handle_enroll(&shared, peer, &proc, req).await,
+            Err(e) => Response::err(format!("malformed request: {e}")),
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+async fn connection(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    let (peer, proc) = identify(&stream)?;
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r);
     let mut line = String::new();
@@ -122,11 +261,10 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, kind: Kind) -> std:
             Response::err("request too large")
         } else {
             match serde_json::from_str::<Request>(line.trim_end()) {
-                Ok(Request::ApprovalsWatch) if kind == Kind::Control && is_admin(&shared, peer) => {
+                Ok(Request::ApprovalsWatch) if is_admin(&shared, peer) => {
                     return watch(&shared, &mut w).await;
                 }
-                Ok(req) if kind == Kind::Enroll => handle_enroll(&shared, peer, req).await,
-                Ok(req) => handle(&shared, peer, req).await,
+                Ok(req) => handle(&shared, peer, &proc, req).await,
                 Err(e) => Response::err(format!("malformed request: {e}")),
             }
         };
@@ -160,15 +298,20 @@ pub fn is_admin(shared: &Shared, peer: Peer) -> bool {
 }
 
 /// The enroll socket: a workload enrolls or revokes its own cgroup.
-async fn handle_enroll(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
+async fn handle_enroll(
+    shared: &Arc<Shared>,
+    peer: Peer,
+    proc: &PeerProcess,
+    req: Request,
+) -> Response {
     match req {
         Request::Ping => Response::ok("pong"),
-        Request::Enroll { token } => match shared.enroll(&token, peer).await {
+        Request::Enroll { token } => match shared.enroll(&token, peer, proc).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(format!("{e:#}")),
         },
         Request::EnrollRevoke { cgroup: None } => {
-            match shared.revoke_enrollment(None, peer).await {
+            match shared.revoke_own_enrollment(peer, proc).await {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(format!("{e:#}")),
             }
@@ -180,7 +323,20 @@ async fn handle_enroll(shared: &Arc<Shared>, peer: Peer, req: Request) -> Respon
     }
 }
 
-async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
+/// Whether a request changes what is intercepted, decided or bound (and so
+/// must come from outside every attached cgroup).
+fn changes_state(req: &Request) -> bool {
+    matches!(
+        req,
+        Request::Attach(_)
+            | Request::Detach(_)
+            | Request::PolicyReload
+            | Request::ApprovalsDecide { .. }
+            | Request::EnrollRevoke { cgroup: Some(_) }
+    )
+}
+
+async fn handle(shared: &Arc<Shared>, peer: Peer, proc: &PeerProcess, req: Request) -> Response {
     // Enrolling and revoking one's own cgroup is open to any caller; the
     // rest is for administrators.
     let admin_only = !matches!(
@@ -193,6 +349,21 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
             peer.uid
         ));
     }
+    // State changes only from outside every attached cgroup, whatever the
+    // uid: established from the pinned process, refused when it cannot be.
+    let caller = if changes_state(&req) {
+        match shared.outside_caller(peer, proc) {
+            Ok(c) => Some(c),
+            // Re-attaching what is attached loosens nothing.
+            Err(_) if matches!(&req, Request::Attach(sel) if shared.already_attached(sel)) => None,
+            Err(e) => {
+                warn!(uid = peer.uid, pid = ?peer.pid, error = %format!("{e:#}"), "control request refused");
+                return Response::err(format!("{e:#}"));
+            }
+        }
+    } else {
+        None
+    };
     match req {
         Request::Ping => Response::ok("pong"),
         Request::Status => Response::ok(shared.status()),
@@ -230,20 +401,34 @@ async fn handle(shared: &Arc<Shared>, peer: Peer, req: Request) -> Response {
             approve,
             reason,
             scope_minutes,
-        } => match shared
-            .decide_approval(id, approve, reason, scope_minutes, peer)
-            .await
-        {
-            Ok(v) => Response::ok(v),
-            Err(e) => Response::err(format!("{e:#}")),
-        },
+        } => {
+            let Some(caller) = &caller else {
+                return Response::err("refused: caller not established");
+            };
+            match shared
+                .decide_approval(id, approve, reason, scope_minutes, caller)
+                .await
+            {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
         Request::ApprovalsWatch => Response::err("permission denied"),
-        Request::Enroll { token } => match shared.enroll(&token, peer).await {
+        Request::Enroll { token } => match shared.enroll(&token, peer, proc).await {
             Ok(v) => Response::ok(v),
             Err(e) => Response::err(format!("{e:#}")),
         },
-        Request::EnrollRevoke { cgroup } => {
-            match shared.revoke_enrollment(cgroup.as_deref(), peer).await {
+        Request::EnrollRevoke { cgroup: None } => {
+            match shared.revoke_own_enrollment(peer, proc).await {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+        Request::EnrollRevoke { cgroup: Some(c) } => {
+            let Some(caller) = &caller else {
+                return Response::err("refused: caller not established");
+            };
+            match shared.release_enrollment(&c, caller).await {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(format!("{e:#}")),
             }

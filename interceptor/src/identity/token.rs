@@ -198,6 +198,8 @@ pub struct VerifiedToken {
     pub token_id: Option<String>,
     /// `exp`, unix seconds.
     pub expires_at: u64,
+    /// `iat`, unix seconds, when the token has one.
+    pub issued_at: Option<u64>,
     pub shape: ClaimShape,
     /// Every claim stringified (strings as-is, numbers and booleans as
     /// written, `null`, arrays and objects as compact JSON), plus the named
@@ -268,6 +270,16 @@ pub enum TokenError {
         utc(*.iat), .iat.saturating_sub(*.now)
     )]
     IssuedInFuture { iat: u64, now: u64, skew: u64 },
+    #[error(
+        "token is too old: issued at {} (iat {iat}), {}s ago, more than the {max}s [identity] max_token_age (plus {skew}s clock skew); enroll a freshly issued token",
+        utc(*.iat), .now.saturating_sub(*.iat)
+    )]
+    TooOld {
+        iat: u64,
+        now: u64,
+        max: u64,
+        skew: u64,
+    },
     #[error("wrong audience: token is for {}, issuer {issuer} accepts {}", list_or_none(.got), .expected.join(", "))]
     WrongAudience {
         got: Vec<String>,
@@ -304,6 +316,7 @@ impl TokenError {
             TokenError::Expired { .. } => "expired",
             TokenError::NotYetValid { .. } => "not_yet_valid",
             TokenError::IssuedInFuture { .. } => "issued_in_future",
+            TokenError::TooOld { .. } => "too_old",
             TokenError::WrongAudience { .. } => "wrong_audience",
             TokenError::MissingClaim(_) => "missing_claim",
             TokenError::InvalidClaim { .. } => "invalid_claim",
@@ -377,6 +390,8 @@ pub struct KeySourceStatus {
 pub struct Verifier {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
+    /// Oldest accepted token age (`now - iat`), seconds; None: no limit.
+    max_token_age: Option<u64>,
 }
 
 impl Verifier {
@@ -389,6 +404,7 @@ impl Verifier {
         let mut out = Verifier {
             issuers: Vec::with_capacity(issuers.len()),
             by_iss: HashMap::new(),
+            max_token_age: None,
         };
         for config in issuers {
             let invalid = |reason: String| ConfigError::Invalid {
@@ -479,6 +495,14 @@ impl Verifier {
             });
         }
         Ok(out)
+    }
+
+    /// Refuses tokens issued more than `secs` seconds ago (plus the
+    /// issuer's clock skew), and tokens without `iat` (their age is unknown):
+    /// a token that leaked from an old job cannot be enrolled later.
+    pub fn with_max_token_age(mut self, secs: Option<u64>) -> Verifier {
+        self.max_token_age = secs;
+        self
     }
 
     /// The configured issuers, in configuration order.
@@ -683,7 +707,7 @@ impl Verifier {
         };
 
         // 6. Our own checks on the verified claims.
-        check_claims(&claims, cfg, now_unix)
+        check_claims(&claims, cfg, now_unix, self.max_token_age)
     }
 }
 
@@ -830,6 +854,7 @@ fn check_claims(
     claims: &Map<String, Value>,
     cfg: &IssuerConfig,
     now: u64,
+    max_age: Option<u64>,
 ) -> Result<VerifiedToken, TokenError> {
     let skew = cfg.clock_skew_secs;
     match claims.get("iss") {
@@ -881,10 +906,22 @@ fn check_claims(
     {
         return Err(TokenError::NotYetValid { nbf, now, skew });
     }
-    if let Some(iat) = numeric_date(claims, "iat")?
+    let issued_at = numeric_date(claims, "iat")?;
+    if let Some(iat) = issued_at
         && iat > now.saturating_add(skew)
     {
         return Err(TokenError::IssuedInFuture { iat, now, skew });
+    }
+    if let Some(max) = max_age {
+        let iat = issued_at.ok_or_else(|| TokenError::MissingClaim("iat".into()))?;
+        if now > iat.saturating_add(max).saturating_add(skew) {
+            return Err(TokenError::TooOld {
+                iat,
+                now,
+                max,
+                skew,
+            });
+        }
     }
 
     let subject = match claims.get("sub") {
@@ -947,6 +984,7 @@ fn check_claims(
         subject,
         token_id,
         expires_at: exp,
+        issued_at,
         shape,
         claims: out,
     })
@@ -1389,6 +1427,43 @@ mod tests {
         assert!(
             matches!(&e, TokenError::InvalidClaim { claim, .. } if claim == "nbf"),
             "{e}"
+        );
+    }
+
+    /// A token that leaked from an old job cannot be enrolled later:
+    /// `[identity] max_token_age` bounds `now - iat`, and without `iat` the
+    /// age is unknown, so the token is refused.
+    #[tokio::test]
+    async fn max_token_age() {
+        let dir = TempDir::new();
+        let v = verifier(&dir).with_max_token_age(Some(900));
+        let t = github(&v, github_claims()).await.unwrap();
+        assert_eq!(t.issued_at, Some(NOW - 10));
+        // 900 s plus the 60 s skew is the edge.
+        assert!(
+            github(&v, with(github_claims(), "iat", json!(NOW - 960)))
+                .await
+                .is_ok()
+        );
+        let e = github(&v, with(github_claims(), "iat", json!(NOW - 961)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, TokenError::TooOld { iat, max: 900, .. } if iat == NOW - 961),
+            "{e}"
+        );
+        assert_eq!(e.kind(), "too_old");
+        assert!(e.to_string().contains("max_token_age"), "{e}");
+        let e = github(&v, with(github_claims(), "iat", Value::Null))
+            .await
+            .unwrap_err();
+        assert_eq!(e, TokenError::MissingClaim("iat".into()));
+        // Without the limit, an old token with a live exp still verifies.
+        let v = verifier(&dir);
+        assert!(
+            github(&v, with(github_claims(), "iat", json!(NOW - 86_400)))
+                .await
+                .is_ok()
         );
     }
 

@@ -238,7 +238,11 @@ impl Gate {
             });
         }
 
-        let mut hold = match approvals.hold(self.session_id) {
+        let owner = crate::approval::Owner {
+            cgroup: shared.job_cgroup(&self.workload.cgroup),
+            uid: self.workload.uid,
+        };
+        let mut hold = match approvals.hold(self.session_id, owner) {
             Ok(h) => h,
             Err(e) => {
                 let decisions: Vec<Decision> = decisions

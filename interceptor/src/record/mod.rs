@@ -143,7 +143,9 @@ pub enum WriteOp {
     },
     /// A successful or rejected enrollment.
     Enrollment(Box<EnrollmentRecord>),
-    /// Active enrollments of a cgroup end.
+    /// Active enrollments of a cgroup end: `status` "revoked" (by the
+    /// workload; the binding lives on) or "released" (by an administrator;
+    /// the binding ends too).
     EnrollmentRevoked {
         cgroup_path: String,
         at: String,

@@ -598,7 +598,7 @@ pub fn session_approvals(
 pub struct EnrollmentRow {
     pub id: i64,
     pub at: String,
-    /// active | rejected | revoked
+    /// active | replaced | revoked (by the workload) | released (by an administrator) | rejected
     pub status: String,
     pub reason: Option<String>,
     pub cgroup_path: String,

@@ -448,8 +448,13 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<(
             by_uid,
             status,
         } => {
+            // A workload's revoke ends the active row ('revoked': the
+            // binding lives on until the token expires); an administrator's
+            // release also ends what kept the binding alive ('released'),
+            // so a restart does not bring it back.
             tx.prepare_cached(
-                "UPDATE enrollments SET status = ?, revoked_at = ?, revoked_by_uid = ? WHERE cgroup_path = ? AND status = 'active'",
+                "UPDATE enrollments SET status = ?1, revoked_at = ?2, revoked_by_uid = ?3 WHERE cgroup_path = ?4 \
+                 AND (status = 'active' OR (?1 = 'released' AND status IN ('revoked', 'replaced')))",
             )?
             .execute(params![status, at, by_uid, cgroup_path])?;
         }

@@ -220,14 +220,16 @@ impl Masker {
     }
 
     /// The masks that apply to connections of `workload` to `target`
-    /// (rules without `match`, and rules whose `match` matches).
+    /// (rules without `match`, and rules whose `match` matches). A rule's
+    /// `identity.*` keys count as matching a workload without a verified
+    /// identity: revoking an enrollment or letting it expire never unmasks.
     pub fn for_context(&self, workload: &Workload, target: &Target) -> ActiveMasks {
         let mut active = ActiveMasks::default();
         for rule in &self.rules {
             if rule
                 .matcher
                 .as_ref()
-                .is_some_and(|m| !m.context_matches(workload, target))
+                .is_some_and(|m| !m.restricts(workload, target))
             {
                 continue;
             }
