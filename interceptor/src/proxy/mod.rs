@@ -7,8 +7,8 @@
 //! for intercepted ports without a module: it relays bytes unchanged.
 
 pub mod gate;
-pub mod listen;
 pub mod limits;
+pub mod listen;
 pub mod mysql;
 pub mod postgres;
 pub mod tcp;
