@@ -341,3 +341,87 @@ fn approval_scoped_to_a_statement_shape() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
 }
+
+/// A client that disconnects while its statement is held withdraws the
+/// request within a second, and its server connection is closed with it
+/// (not left open until the approval times out).
+#[test]
+fn a_held_statement_is_withdrawn_when_its_client_leaves() {
+    let pg = Postgres::start();
+    pg.psql(
+        None,
+        "127.0.0.1",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)",
+    );
+    let policy = format!(
+        "[defaults]\napproval_timeout = \"5m\"\n\n[[intercept]]\nport = {}\nprotocol = \"postgres\"\n\n\
+         [[rule]]\nname = \"deletes-need-approval\"\ndecision = \"review\"\nmatch = {{ sql.statement = [\"delete\"] }}\n",
+        pg.port
+    );
+    let d = Daemon::start(&policy);
+    let cg = TestCgroup::new();
+    d.attach(&cg);
+    let backends = || {
+        let out = pg.psql(
+            None,
+            "127.0.0.1",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'held-client'",
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let mut child = cg
+        .command("psql")
+        .args(["-X", "-h", "127.0.0.1", "-p", &pg.port.to_string()])
+        .args(["-U", "postgres", "-c", "DELETE FROM t"])
+        .env("PGAPPNAME", "held-client")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut seen = Vec::new();
+    let req = next_pending(&d, &mut seen);
+    assert_eq!(backends(), "1");
+    child.kill().unwrap();
+    let _ = child.wait();
+    let killed = Instant::now();
+    let id = req["id"].as_i64().unwrap().to_string();
+    loop {
+        let out = d.cli_ok(&["approvals", "list", "--all", "--json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        let status = rows
+            .iter()
+            .find(|r| r["id"].to_string() == id)
+            .map(|r| r["status"].as_str().unwrap_or("").to_string());
+        if status.as_deref() == Some("withdrawn") && backends() == "0" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "not withdrawn within a second or two: {status:?}, backends {}\n{}",
+            backends(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        killed.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        killed.elapsed()
+    );
+    // Approving it now finds nobody.
+    assert!(!d.cli(&["approvals", "approve", &id]).status.success());
+    // The statement is recorded as denied, with the reason.
+    let s = d.wait_session(|s| s["protocol"] == "postgres");
+    let evs = d.session(s["id"].as_i64().unwrap())["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        evs.iter().any(|e| e["decision"] == "deny"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("withdrawn"))),
+        "{evs:#?}"
+    );
+    assert_eq!(count(&pg), "2");
+}

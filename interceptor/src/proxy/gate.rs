@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::approval::{ApprovalRequest, Resolution};
 use crate::daemon::Shared;
+use crate::proxy::watch::ClientWatch;
 use crate::record::{self, Event, EventOutcome, RecordError, WriteOp};
 
 /// One command to judge.
@@ -58,6 +59,9 @@ pub struct Judgement {
     pub decision: Decision,
     /// For a refusal: the text to show the client.
     pub message: String,
+    /// The client went away while the batch was held: the approval request
+    /// was withdrawn; the session ends without an answer.
+    pub withdrawn: bool,
 }
 
 /// Per-session gate.
@@ -68,6 +72,8 @@ pub struct Gate {
     pub target: Target,
     masks: ActiveMasks,
     next_seq: i64,
+    /// The client's socket, watched while a statement is held.
+    watch: Option<ClientWatch>,
 }
 
 impl Gate {
@@ -81,6 +87,7 @@ impl Gate {
             masks,
             // seq 0 is the connection decision when one is recorded.
             next_seq: 1,
+            watch: None,
         }
     }
 
@@ -139,6 +146,7 @@ impl Gate {
                     reason: "empty batch".into(),
                 },
                 message: String::new(),
+                withdrawn: false,
             });
         };
         let deciding = decisions[worst].clone();
@@ -152,6 +160,7 @@ impl Gate {
                     seqs,
                     decision: deciding,
                     message: String::new(),
+                    withdrawn: false,
                 })
             }
             Verdict::Deny => {
@@ -163,6 +172,7 @@ impl Gate {
                     seqs,
                     decision: deciding,
                     message,
+                    withdrawn: false,
                 })
             }
             Verdict::Review => {
@@ -235,6 +245,7 @@ impl Gate {
                 seqs,
                 decision: decisions[worst].clone(),
                 message: String::new(),
+                withdrawn: false,
             });
         }
 
@@ -263,6 +274,7 @@ impl Gate {
                     ),
                     seqs,
                     decision: d,
+                    withdrawn: false,
                 });
             }
         };
@@ -322,8 +334,21 @@ impl Gate {
         crate::approval::notify::spawn(&shared.config.approvals, shared.config.socket_mark, &req);
         approvals.announce(req);
 
-        let resolution = hold.wait(timeout).await;
+        // Wait for a human, or for the client to go away (the request is
+        // then withdrawn at once, not left to time out).
+        let watch = self.watch.take();
+        let waited = match &watch {
+            Some(w) => tokio::select! {
+                r = hold.wait(timeout) => Some(r),
+                _ = w.gone() => None,
+            },
+            None => Some(hold.wait(timeout).await),
+        };
+        self.watch = watch;
         drop(hold);
+        let Some(resolution) = waited else {
+            return self.withdrawn(id, seqs, decisions, deciding).await;
+        };
         let (allowed, decision_reason, message) = match &resolution {
             Some(Resolution {
                 approved: true,
@@ -408,7 +433,64 @@ impl Gate {
                 ..deciding
             },
             message,
+            withdrawn: false,
         })
+    }
+
+    /// The client left while its batch was held: the request is withdrawn
+    /// and the held statements recorded as denied for that reason.
+    async fn withdrawn(
+        &mut self,
+        id: i64,
+        seqs: Vec<i64>,
+        decisions: Vec<Decision>,
+        deciding: Decision,
+    ) -> Result<Judgement, RecordError> {
+        let shared = self.shared.clone();
+        let reason = format!("approval {id} withdrawn: the client disconnected while it was held");
+        info!(
+            session = self.session_id,
+            approval = id,
+            "client gone; approval withdrawn"
+        );
+        shared
+            .recorder
+            .enqueue(WriteOp::ApprovalWithdrawn {
+                id,
+                at: record::now_rfc3339(),
+            })
+            .await?;
+        for (seq, d) in seqs.iter().zip(&decisions) {
+            if d.verdict == Verdict::Review {
+                shared
+                    .recorder
+                    .enqueue(WriteOp::EventDecision {
+                        session_id: self.session_id,
+                        seq: *seq,
+                        decision: Verdict::Deny.to_string(),
+                        reason: format!("{}; {reason}", d.reason),
+                    })
+                    .await?;
+            }
+        }
+        shared.recorder.commit(WriteOp::Barrier).await?;
+        Ok(Judgement {
+            allowed: false,
+            seqs,
+            decision: Decision {
+                verdict: Verdict::Deny,
+                reason: reason.clone(),
+                ..deciding
+            },
+            message: reason,
+            withdrawn: true,
+        })
+    }
+
+    /// Watches the client's socket while statements are held: a client
+    /// that disconnects withdraws its request at once.
+    pub fn set_client_watch(&mut self, watch: Option<ClientWatch>) {
+        self.watch = watch;
     }
 
     /// Records one event per op (committed).

@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod tcp;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

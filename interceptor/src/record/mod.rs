@@ -141,6 +141,11 @@ pub enum WriteOp {
         id: i64,
         at: String,
     },
+    /// The client disconnected while its request was pending.
+    ApprovalWithdrawn {
+        id: i64,
+        at: String,
+    },
     /// A successful or rejected enrollment.
     Enrollment(Box<EnrollmentRecord>),
     /// Active enrollments of a cgroup end: `status` "revoked" (by the

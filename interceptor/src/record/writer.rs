@@ -409,6 +409,12 @@ fn apply_one(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<(
             )?
             .execute(params![status, at, by_uid, by, reason, scope_minutes, id])?;
         }
+        WriteOp::ApprovalWithdrawn { id, at } => {
+            tx.prepare_cached(
+                "UPDATE approvals SET status = 'withdrawn', decided_at = ? WHERE id = ? AND status = 'pending'",
+            )?
+            .execute(params![at, id])?;
+        }
         WriteOp::ApprovalExpired { id, at } => {
             tx.prepare_cached(
                 "UPDATE approvals SET status = 'expired', decided_at = ? WHERE id = ? AND status = 'pending'",

@@ -92,6 +92,9 @@ pub async fn run(ctx: SessionCtx, client: TcpStream, upstream: TcpStream) -> Str
             return reason;
         }
     };
+    // A client that leaves while a statement is held withdraws it at once.
+    let watch = crate::proxy::watch::ClientWatch::new(session.client.get_ref().socket()).ok();
+    session.gate.set_client_watch(watch);
     match session.serve().await {
         Ok(reason) => reason,
         Err(e) => session.fail(e).await,
@@ -603,6 +606,10 @@ impl Session {
     /// and ends the session (fail closed).
     async fn judge(&mut self, ops: &[Op<'_>]) -> Result<Judgement, MysqlError> {
         match self.gate.judge(ops).await {
+            Ok(j) if j.withdrawn => Err(MysqlError::Closed {
+                side: Side::Client,
+                when: "while its statement was held for approval (withdrawn)",
+            }),
             Ok(j) => Ok(j),
             Err(e) => Err(self.record_failed(e).await),
         }

@@ -25,6 +25,16 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// The socket under the stream (TLS or not).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Stream::Plain(t) => t.as_fd(),
+            Stream::TlsFromClient(t) => t.get_ref().0.as_fd(),
+            Stream::TlsToServer(t) => t.get_ref().0.as_fd(),
+        }
+    }
+
     /// The name the client asked for in its TLS handshake (SNI), if any.
     pub fn sni(&self) -> Option<String> {
         match self {
@@ -144,6 +154,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Leg<S> {
             Side::Server => &self.written.up,
             Side::Client => &self.written.down,
         }
+    }
+
+    /// The stream under the buffers.
+    pub fn get_ref(&self) -> &S {
+        self.io.get_ref()
     }
 
     /// Reads one logical message into `buf` (following continuation

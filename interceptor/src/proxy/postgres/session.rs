@@ -477,6 +477,8 @@ async fn session(
     );
 
     let (c, c_rest) = creader.into_parts();
+    // A client that leaves while a statement is held withdraws it at once.
+    gate.set_client_watch(crate::proxy::watch::ClientWatch::new(c.socket()).ok());
     let (s, s_rest) = sreader.into_parts();
     let (cr, cw) = c.split();
     let (sr, sw) = s.split();
@@ -1218,6 +1220,7 @@ impl FrontState<'_> {
             seqs,
             message: format!("{why} (session {})", self.session_id),
             decision,
+            withdrawn: false,
         })
     }
 
@@ -1228,7 +1231,14 @@ impl FrontState<'_> {
             self.out.flush().await.map_err(PgError::ServerIo)?;
         }
         self.pipe.record_outcomes(&self.shared).await;
-        Ok(self.gate.judge(ops).await?)
+        let j = self.gate.judge(ops).await?;
+        if j.withdrawn {
+            return Err(PgError::ClientIo(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the client disconnected while its statement was held; approval withdrawn",
+            )));
+        }
+        Ok(j)
     }
 
     async fn query(&mut self, sql: &[u8], raw: &[u8]) -> Result<(), PgError> {

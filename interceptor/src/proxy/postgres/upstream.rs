@@ -32,6 +32,16 @@ impl Stream {
         !matches!(self, Stream::Plain(_))
     }
 
+    /// The socket under the stream (TLS or not).
+    pub fn socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Stream::Plain(t) => t.as_fd(),
+            Stream::Server(t) => t.get_ref().0.as_fd(),
+            Stream::Client(t) => t.get_ref().0.as_fd(),
+        }
+    }
+
     /// The name the client asked for in its TLS handshake (SNI), if any.
     pub fn sni(&self) -> Option<String> {
         match self {
