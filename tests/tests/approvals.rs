@@ -390,7 +390,7 @@ fn a_held_statement_is_withdrawn_when_its_client_leaves() {
         let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
         let status = rows
             .iter()
-            .find(|r| r["id"].to_string() == id)
+            .find(|r| r["id"].as_i64().map(|i| i.to_string()).as_deref() == Some(id.as_str()))
             .map(|r| r["status"].as_str().unwrap_or("").to_string());
         if status.as_deref() == Some("withdrawn") && backends() == "0" {
             break;
